@@ -1,1 +1,2 @@
-"""fc-sae."""
+"""fc-sae cache_tools."""
+import pipeline  # noqa: F401  (sets the Hugging Face cache and offline environment first)

@@ -1,1 +1,2 @@
-"""fc-sae."""
+"""fc-sae flows."""
+import pipeline  # noqa: F401  (sets the Hugging Face cache and offline environment first)
