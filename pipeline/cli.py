@@ -1,0 +1,156 @@
+"""The ``fc-sae`` command line: one subcommand per stage, plus config and model helpers.
+
+Every error ends as one line on stderr and exit status 1 (``FC_SAE_DEBUG=1`` shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import pipeline  # noqa: F401  (environment first)
+
+
+def _add_config_args(p: argparse.ArgumentParser, run_dir: bool = True) -> None:
+    p.add_argument("--preset", help="preset name: demo, pythia70m, tiny")
+    p.add_argument("--config", help="JSON or YAML config file (may name a preset and override fields)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one field, e.g. --set train.k=64 (repeatable)")
+    if run_dir:
+        p.add_argument("--run-dir", required=True, type=Path, help="run directory (created if needed)")
+
+
+def _cfg(args):
+    from pipeline.rundir import config_for
+
+    return config_for(args.run_dir, args.preset, args.config, args.overrides)
+
+
+def cmd_config_show(args) -> int:
+    from pipeline.config import resolve_config
+
+    print(resolve_config(args.preset or "demo", args.config, args.overrides).to_json())
+    return 0
+
+
+def cmd_model(args) -> int:
+    from pipeline import models
+
+    snap = models.ensure_model(args.name, source=args.source)
+    print(json.dumps({"snapshot": str(snap) if snap else None,
+                      "provenance": models.model_provenance(args.name)}, indent=2))
+    if args.prompt:
+        import torch
+
+        tok = models.load_tokenizer(args.name, source=args.source)
+        model = models.load_model(args.name, source=args.source)
+        ids = tok(args.prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
+        print(tok.decode(out[0], skip_special_tokens=True))
+    return 0
+
+
+def cmd_harvest(args) -> int:
+    from pipeline.harvest import harvest
+
+    path = harvest(_cfg(args), args.run_dir)
+    print(f"activation cache: {path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from pipeline.train import train
+
+    for path in train(_cfg(args), args.run_dir, trainer=args.trainer, seed=args.seed):
+        print(f"SAE: {path}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from pipeline.evaluate import evaluate
+
+    path = evaluate(_cfg(args), args.run_dir, evals=args.eval or None, saes=args.sae or None)
+    print(f"results: {path}")
+    return 0
+
+
+def cmd_results(args) -> int:
+    from eval.results import print_table
+
+    print_table(args.run_dir)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pipeline.report import report
+
+    print(f"report: {report(_cfg(args), args.run_dir)}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    """All stages in-process, without Prefect (the flow does the same with orchestration)."""
+    from pipeline.stages import run_all
+
+    run_all(_cfg(args), args.run_dir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fc-sae", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cfg = sub.add_parser("config", help="show the resolved config")
+    cfg_sub = cfg.add_subparsers(dest="action", required=True)
+    show = cfg_sub.add_parser("show", help="print the resolved config as JSON")
+    _add_config_args(show, run_dir=False)
+    show.set_defaults(func=cmd_config_show)
+
+    model = sub.add_parser("model", help="provision a model by name and print its provenance")
+    model.add_argument("name", nargs="?", default="google/gemma-3-270m")
+    model.add_argument("--source", default="auto", choices=["auto", "tiny-random"])
+    model.add_argument("--prompt", help="also greedily continue this text")
+    model.add_argument("--max-new-tokens", type=int, default=20)
+    model.set_defaults(func=cmd_model)
+
+    for name, func, helptext in [("harvest", cmd_harvest, "harvest activations into the Zarr cache"),
+                                 ("train", cmd_train, "train the SAEs listed in the config"),
+                                 ("eval", cmd_eval, "run SAE-Bench evals and write results.parquet"),
+                                 ("report", cmd_report, "write plots and report/index.html"),
+                                 ("run", cmd_run, "run every stage in-process (no Prefect)")]:
+        p = sub.add_parser(name, help=helptext)
+        _add_config_args(p)
+        p.set_defaults(func=func)
+        if name == "train":
+            p.add_argument("--trainer", help="only this trainer (topk, fc_topk, relu_l1, batchtopk, matryoshka)")
+            p.add_argument("--seed", type=int, help="only this seed")
+        if name == "eval":
+            p.add_argument("--eval", action="append", default=[], help="only this eval (repeatable)")
+            p.add_argument("--sae", action="append", default=[], help="only this SAE (repeatable)")
+
+    res = sub.add_parser("results", help="print the trainer x metric table")
+    res.add_argument("--run-dir", required=True, type=Path)
+    res.set_defaults(func=cmd_results)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("fc-sae: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line, not a traceback
+        if os.environ.get("FC_SAE_DEBUG") == "1":
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"fc-sae: error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

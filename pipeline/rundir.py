@@ -1,0 +1,60 @@
+"""A run directory and the config it was created with.
+
+The first stage that touches a run directory saves the resolved config as ``config.json``; later
+stages reuse it, so ``fc-sae eval --run-dir DIR`` needs no preset.  A different config for the parts
+that define the cached activations (model, corpus, harvest) is refused: mixing them would silently
+compare SAEs trained on different data.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import ConfigError, RunConfig, resolve_config
+
+CONFIG_FILE = "config.json"
+_DATA_DEFINING = ("model", "corpus", "harvest")
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig | None:
+    path = Path(run_dir) / CONFIG_FILE
+    return RunConfig.load(path) if path.is_file() else None
+
+
+def prepare_run_dir(run_dir: str | Path, cfg: RunConfig | None = None) -> RunConfig:
+    """Create ``run_dir`` if needed and return the config to run with (saved beside the results)."""
+    run_dir = Path(run_dir)
+    saved = load_run_config(run_dir)
+    if cfg is None:
+        if saved is None:
+            raise ConfigError(f"{run_dir} has no {CONFIG_FILE}; pass --preset or --config")
+        return saved
+    if saved is not None:
+        old, new = saved.to_dict(), cfg.to_dict()
+        for section in _DATA_DEFINING:
+            if old[section] != new[section]:
+                changed = sorted(k for k in new[section] if old[section].get(k) != new[section][k])
+                raise ConfigError(
+                    f"{run_dir} was created with a different {section} config ({', '.join(changed)}); "
+                    "use a new --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / CONFIG_FILE)
+    return cfg
+
+
+def config_for(run_dir: str | Path, preset: str | None = None, config_file: str | None = None,
+               overrides: list[str] | None = None) -> RunConfig:
+    """The CLI's rule: an explicit preset/config wins (and is checked against the run dir)."""
+    explicit = preset is not None or config_file is not None or bool(overrides)
+    if explicit:
+        base = None
+        if preset is None and config_file is None:
+            base = load_run_config(run_dir)  # overrides on top of the saved config
+        cfg = resolve_config(preset, config_file, overrides) if base is None else _override(base, overrides)
+        return prepare_run_dir(run_dir, cfg)
+    return prepare_run_dir(run_dir)
+
+
+def _override(cfg: RunConfig, overrides: list[str] | None) -> RunConfig:
+    from pipeline.config import apply_overrides
+
+    return apply_overrides(cfg, overrides or [])
