@@ -162,7 +162,14 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping")
         base = get_preset(data.get("preset", "demo")).to_dict()
+        _rederive_hook(base, data.get("model", {}))
         return cls.from_dict(_deep_merge(base, data))
+
+
+def _rederive_hook(base: dict, model_over: dict) -> None:
+    # The default hook follows the layer: a new layer without an explicit hook re-derives it.
+    if isinstance(model_over, dict) and "layer" in model_over and "hook" not in model_over:
+        base["model"]["hook"] = ""
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -201,6 +208,9 @@ def _build(cls, data: Any, prefix: str):
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``section.field=value`` strings (value parsed as JSON, else kept as a string)."""
     data = cfg.to_dict()
+    keys = {item.split("=", 1)[0] for item in overrides}
+    if "model.layer" in keys and "model.hook" not in keys:
+        data["model"]["hook"] = ""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")
