@@ -10,6 +10,11 @@ class TrainConfigError(ValueError):
     """An invalid training configuration value."""
 
 
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise TrainConfigError(msg)
+
+
 @dataclass
 class TrackerConfig:
     beta: float = 0.99
@@ -23,10 +28,12 @@ class TrackerConfig:
     """Optional fixed random projection of directions to this many dims (memory O(m*p))."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.beta < 1.0:
-            raise TrainConfigError(f"train.tracker.beta must be in [0, 1), got {self.beta}")
-        if self.mode not in ("direction", "seed"):
-            raise TrainConfigError(f"train.tracker.mode must be direction or seed, got {self.mode!r}")
+        _check(0.0 <= self.beta < 1.0, f"train.tracker.beta must be in [0, 1), got {self.beta}")
+        _check(self.tau_act >= 0.0, f"train.tracker.tau_act must be >= 0, got {self.tau_act}")
+        _check(self.mode in ("direction", "seed"),
+               f"train.tracker.mode must be direction or seed, got {self.mode!r}")
+        _check(self.projection_dim is None or self.projection_dim > 0,
+               f"train.tracker.projection_dim must be None or > 0, got {self.projection_dim}")
 
 
 @dataclass
@@ -40,25 +47,117 @@ class TrainConfig:
     k: int = 32
     """Active latents per token for TopK-family trainers (the L0 target)."""
     n_tokens: int = 1_000_000
-    """Training tokens (rows drawn from the activation cache)."""
+    """Training tokens (rows drawn from the activation cache; more than the cache holds means
+    several epochs, each in a fresh shuffled order)."""
     batch_size: int = 1024
     """Rows per optimiser step."""
     lr: float = 4e-4
     """Adam learning rate (peak)."""
+    adam_beta1: float = 0.9
+    """Adam first-moment decay."""
+    adam_beta2: float = 0.999
+    """Adam second-moment decay."""
+    warmup_frac: float = 0.05
+    """Fraction of the steps spent on a linear learning-rate warm-up from 0."""
+    decay_start_frac: float = 0.8
+    """Fraction of the steps after which the learning rate decays linearly to 0."""
+    auxk_alpha: float = 1.0 / 32.0
+    """Weight of the AuxK loss (TopK family) that revives dead latents."""
+    auxk_k: int | None = None
+    """Dead latents used by the AuxK reconstruction (None: d_model / 2)."""
+    dead_after_tokens: int = 200_000
+    """A latent that has not fired for this many tokens counts as dead (AuxK, resampling)."""
+    l1_coeff: float = 5.0
+    """L1 sparsity weight of the ReLU trainer (on activations times decoder norms)."""
+    resample_every: int = 250
+    """Steps between FC split events (fc_topk) and dead-latent resampling events (relu_l1)."""
+    resample_stop_frac: float = 0.8
+    """No splits or resampling after this fraction of training (the SAE must settle)."""
+    split_z: float = 1.0
+    """Split candidates have absorption score > mean + split_z * std."""
+    max_split_frac: float = 0.01
+    """At most this fraction of the dictionary is split per event."""
+    dead_freq: float = 1e-5
+    """Latents whose firing frequency is below this are the first slots for split halves."""
+    reservoir_rows: int = 8192
+    """Recent inputs kept to find the activation patterns of split candidates."""
+    split_min_rows: int = 8
+    """A candidate needs at least this many activating reservoir rows to be split."""
+    batchtopk_threshold_beta: float = 0.999
+    """EMA decay of the inference threshold learned by BatchTopK-family trainers."""
+    matryoshka_fractions: list[float] = field(default_factory=lambda: [0.0625, 0.0625, 0.125, 0.25, 0.5])
+    """Matryoshka group sizes as fractions of d_sae (must sum to 1); each prefix reconstructs."""
+    norm_rows: int = 32768
+    """Rows read from the start of the cache to estimate the input normalisation factor."""
+    log_every: int = 10
+    """Steps between lines of train_log.jsonl."""
+    snapshot_every: int = 50
+    """Steps between tracker snapshots in fc_history.parquet (and one at the end)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (0: none); training resumes from the newest one."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept on disk."""
+    device: str = "auto"
+    """Training device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    """FrequencyConsistencyTracker settings (the tracker runs for every trainer)."""
 
     def __post_init__(self) -> None:
         bad = [t for t in self.trainers if t not in TRAINERS]
-        if bad:
-            raise TrainConfigError(f"train.trainers: unknown trainer {bad[0]!r} (allowed: {', '.join(TRAINERS)})")
-        if self.d_sae <= 0 or self.k <= 0 or self.k > self.d_sae:
-            raise TrainConfigError(f"train.k must be in 1..d_sae, got k={self.k}, d_sae={self.d_sae}")
+        _check(not bad, f"train.trainers: unknown trainer {bad[0]!r} (allowed: {', '.join(TRAINERS)})"
+               if bad else "")
+        _check(len(self.trainers) > 0, "train.trainers must not be empty")
+        _check(len(self.seeds) > 0, "train.seeds must not be empty")
+        _check(self.d_sae > 0 and 0 < self.k <= self.d_sae,
+               f"train.k must be in 1..d_sae, got k={self.k}, d_sae={self.d_sae}")
+        _check(self.batch_size > 0, f"train.batch_size must be > 0, got {self.batch_size}")
+        _check(self.n_tokens >= self.batch_size,
+               f"train.n_tokens ({self.n_tokens}) must be >= train.batch_size ({self.batch_size})")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train.adam_beta1/2 must be in [0, 1)")
+        _check(0 <= self.warmup_frac < 1, f"train.warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        _check(self.warmup_frac <= self.decay_start_frac <= 1,
+               f"train.decay_start_frac must be in [warmup_frac, 1], got {self.decay_start_frac}")
+        _check(self.auxk_alpha >= 0, f"train.auxk_alpha must be >= 0, got {self.auxk_alpha}")
+        _check(self.auxk_k is None or self.auxk_k > 0, f"train.auxk_k must be None or > 0, got {self.auxk_k}")
+        _check(self.dead_after_tokens > 0, f"train.dead_after_tokens must be > 0, got {self.dead_after_tokens}")
+        _check(self.l1_coeff >= 0, f"train.l1_coeff must be >= 0, got {self.l1_coeff}")
+        _check(self.resample_every > 0, f"train.resample_every must be > 0, got {self.resample_every}")
+        _check(0 <= self.resample_stop_frac <= 1, "train.resample_stop_frac must be in [0, 1]")
+        _check(0 < self.max_split_frac <= 0.5, f"train.max_split_frac must be in (0, 0.5], got {self.max_split_frac}")
+        _check(self.dead_freq >= 0, f"train.dead_freq must be >= 0, got {self.dead_freq}")
+        _check(self.reservoir_rows >= self.batch_size,
+               f"train.reservoir_rows ({self.reservoir_rows}) must be >= train.batch_size ({self.batch_size})")
+        _check(self.split_min_rows >= 2, f"train.split_min_rows must be >= 2, got {self.split_min_rows}")
+        _check(0 <= self.batchtopk_threshold_beta < 1, "train.batchtopk_threshold_beta must be in [0, 1)")
+        _check(len(self.matryoshka_fractions) > 0 and all(f > 0 for f in self.matryoshka_fractions)
+               and abs(sum(self.matryoshka_fractions) - 1.0) < 1e-6,
+               f"train.matryoshka_fractions must be positive and sum to 1, got {self.matryoshka_fractions}")
+        _check(self.norm_rows > 0, f"train.norm_rows must be > 0, got {self.norm_rows}")
+        _check(self.log_every > 0 and self.snapshot_every > 0,
+               "train.log_every and train.snapshot_every must be > 0")
+        _check(self.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        _check(self.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+               f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if isinstance(self.tracker, dict):
+            self.tracker = TrackerConfig(**self.tracker)
+
+    @property
+    def total_steps(self) -> int:
+        return self.n_tokens // self.batch_size
 
     @staticmethod
     def preset(name: str) -> "TrainConfig":
         if name == "demo":
             return TrainConfig(d_sae=4096, k=32, n_tokens=1_000_000, batch_size=1024)
         if name == "pythia70m":
-            return TrainConfig(d_sae=16384, k=80, n_tokens=200_000_000, batch_size=4096)
+            return TrainConfig(d_sae=16384, k=80, n_tokens=200_000_000, batch_size=4096,
+                               resample_every=2500, dead_after_tokens=10_000_000,
+                               checkpoint_every=5000, snapshot_every=500, log_every=50)
         if name == "tiny":
-            return TrainConfig(d_sae=256, k=8, n_tokens=16384, batch_size=256, seeds=[0])
+            return TrainConfig(d_sae=256, k=8, n_tokens=32768, batch_size=256, seeds=[0],
+                               resample_every=16, max_split_frac=0.02, reservoir_rows=2048,
+                               dead_after_tokens=4096, checkpoint_every=64, snapshot_every=8,
+                               log_every=4, norm_rows=4096)
         raise TrainConfigError(f"no training preset {name!r}")

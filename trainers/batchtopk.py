@@ -1,0 +1,67 @@
+"""BatchTopK SAE: the k * B largest activations of the whole batch survive, so the per-token L0
+varies around k; inference uses a learned global threshold (JumpReLU-style)."""
+from __future__ import annotations
+
+import torch
+
+from trainers.sae import SparseAutoencoder, SparseCodes, StepOutput, auxk_loss, sparse_decode
+
+
+def batch_topk_codes(post_BM: torch.Tensor, k: int) -> SparseCodes:
+    b, m = post_BM.shape
+    vals_N, flat_N = post_BM.reshape(-1).topk(k * b, sorted=False)
+    flat_N, order_N = flat_N.sort()  # rows ascending, as sparse_decode needs
+    return SparseCodes(flat_N // m, flat_N % m, vals_N[order_N])
+
+
+class BatchTopKSAE(SparseAutoencoder):
+    architecture = "jumprelu"
+
+    def __init__(self, d_in: int, d_sae: int, k: int, *, auxk_alpha: float = 1 / 32, auxk_k: int | None = None,
+                 threshold_beta: float = 0.999, generator: torch.Generator | None = None):
+        super().__init__(d_in, d_sae, k, generator)
+        self.auxk_alpha = auxk_alpha
+        self.auxk_k = auxk_k or max(1, d_in // 2)
+        self.threshold_beta = threshold_beta
+        # One global threshold learned as an EMA of the smallest surviving activation; -1 = unset.
+        self.register_buffer("threshold", torch.tensor(-1.0))
+
+    @torch.no_grad()
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        pre_BM = self.pre_acts(x_BD)
+        return pre_BM * (pre_BM > self.threshold.clamp_min(0.0))
+
+    def decode_codes(self, codes: SparseCodes, batch_size: int) -> torch.Tensor:
+        return sparse_decode(codes, self.W_dec, batch_size) + self.b_dec
+
+    def reconstruction_loss(self, codes: SparseCodes, x_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        recon_BD = self.decode_codes(codes, x_BD.shape[0])
+        return (recon_BD - x_BD).pow(2).sum(1).mean(), recon_BD
+
+    def training_step(self, x_BD: torch.Tensor, dead_M: torch.Tensor) -> StepOutput:
+        post_BM = self.pre_acts(x_BD).relu()
+        codes = batch_topk_codes(post_BM, self.k)
+        loss, recon_BD = self.reconstruction_loss(codes, x_BD)
+        mse = (recon_BD - x_BD).pow(2).sum(1).mean()
+        aux = self.auxk_alpha * auxk_loss(self, post_BM, x_BD, recon_BD, dead_M, self.auxk_k) \
+            if self.auxk_alpha > 0 else mse.new_zeros(())
+        return StepOutput(loss + aux, mse.detach(), aux, recon_BD, codes, None)
+
+    @torch.no_grad()
+    def after_step(self, out: StepOutput) -> None:
+        positive_N = out.sparse.values_N.detach()
+        positive_N = positive_N[positive_N > 0]
+        if positive_N.numel() == 0:
+            return
+        smallest = positive_N.min()
+        if self.threshold < 0:
+            self.threshold.copy_(smallest)
+        else:
+            self.threshold.mul_(self.threshold_beta).add_(smallest, alpha=1 - self.threshold_beta)
+
+    @torch.no_grad()
+    def export_tensors(self, norm_scale: float) -> dict[str, torch.Tensor]:
+        out = super().export_tensors(norm_scale)
+        # The threshold compares pre-activations, which folding leaves unchanged.
+        out["threshold"] = torch.full((self.d_sae,), float(self.threshold.clamp_min(0.0)))
+        return out

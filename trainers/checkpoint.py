@@ -1,0 +1,44 @@
+"""Checkpoint files: atomic writes, newest-first loading that skips damaged files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PREFIX = "step_"
+
+
+def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
+    return ckpt_dir / f"{PREFIX}{step:09d}.pt"
+
+
+def list_checkpoints(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.glob(f"{PREFIX}*.pt"))
+
+
+def save_checkpoint(ckpt_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(ckpt_dir, step)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    for old in list_checkpoints(ckpt_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest_checkpoint(ckpt_dir: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint, or None. A file cut short by a crash is skipped."""
+    for path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - any unreadable file means: fall back to an older one
+            continue
+    return None

@@ -1,0 +1,66 @@
+"""Writing a trained SAE: SAELens-loadable weights + cfg.json, and the completion marker."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from trainers.sae import SparseAutoencoder
+
+SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu"}
+
+
+@dataclass
+class ModelInfo:
+    """Where the activations came from (recorded in cfg.json and sae_meta.json)."""
+    model_name: str
+    model_source: str = "auto"
+    layer: int = 0
+    hook_name: str = ""
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _sae_lens_version() -> str:
+    try:
+        return metadata.version("sae-lens")
+    except metadata.PackageNotFoundError:
+        return "6.0.0"
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def export_sae(model: SparseAutoencoder, out_dir: Path, norm_scale: float, info: ModelInfo) -> None:
+    """Write sae_weights.safetensors and cfg.json (normalisation folded into the weights)."""
+    tensors = model.export_tensors(norm_scale)
+    bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise ValueError(f"refusing to export an SAE with inf/NaN in {', '.join(bad)}")
+    tmp = out_dir / "sae_weights.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, out_dir / "sae_weights.safetensors")
+    version = _sae_lens_version()
+    cfg: dict[str, Any] = {
+        "architecture": SAELENS_ARCHITECTURE[model.architecture],
+        "d_in": model.d_in, "d_sae": model.d_sae, "dtype": "float32", "device": "cpu",
+        "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+        "metadata": {"sae_lens_version": version, "sae_lens_training_version": version,
+                     "model_name": info.model_name, "hook_name": info.hook_name, "hook_head_index": None,
+                     "prepend_bos": True, "model_from_pretrained_kwargs": {}, **info.extra_metadata},
+    }
+    if model.architecture == "topk":
+        cfg.update(k=model.k, rescale_acts_by_decoder_norm=False)
+    write_json_atomic(out_dir / "cfg.json", cfg)

@@ -1,0 +1,312 @@
+"""The one training loop shared by every architecture.
+
+Adam with linear warm-up and linear decay, unit-norm decoder rows kept by projecting out the
+gradient's parallel part and renormalising, the FrequencyConsistencyTracker on every step,
+FC splitting (fc_topk) or dead-latent resampling (relu_l1) every ``resample_every`` steps,
+checkpoints that resume exactly (model, optimiser, tracker, loader position, RNG, logs), and a
+NaN/inf guard that stops with the step and tensor named before anything bad is saved.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from trainers.checkpoint import load_latest_checkpoint, save_checkpoint
+from trainers.config import TrainConfig
+from trainers.data import ActivationSource
+from trainers.export import ModelInfo, export_sae, write_json_atomic
+from trainers.registry import RESAMPLING_TRAINERS, SPLITTING_TRAINERS, build_sae
+from trainers.resampling import resample_dead
+from trainers.sae import SparseAutoencoder, StepOutput
+from trainers.splitting import SPLIT_COLUMNS, fc_split
+from trainers.tracker import FrequencyConsistencyTracker
+
+HISTORY_COLUMNS = ["step", "latent", "frequency", "consistency", "absorption_score"]
+# Config fields that may change between a checkpoint and its resume without changing the result.
+RESUME_FREE_FIELDS = {"trainers", "seeds", "device", "checkpoint_every", "keep_checkpoints"}
+
+
+class TrainingDivergedError(RuntimeError):
+    """Training produced inf/NaN; the message names the step and the tensor."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    final_l0: float
+    norm_scale: float
+    n_splits: int
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    warmup = int(cfg.warmup_frac * total)
+    decay_start = int(cfg.decay_start_frac * total)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if step >= decay_start and total > decay_start:
+        return cfg.lr * (total - step) / (total - decay_start)
+    return cfg.lr
+
+
+def _comparable(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE_FIELDS}
+
+
+class _Run:
+    """Mutable training state; everything in it goes into a checkpoint."""
+
+    def __init__(self, cfg: TrainConfig, trainer: str, seed: int, source: ActivationSource, device: torch.device):
+        self.cfg, self.trainer, self.seed, self.device = cfg, trainer, seed, device
+        d_in = source.d_model
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        first_rows_ND = torch.from_numpy(np.asarray(source.read_rows(0, min(cfg.norm_rows, source.n_rows)),
+                                                    dtype=np.float32))
+        if not torch.isfinite(first_rows_ND).all():
+            raise TrainingDivergedError("step 0: activation cache rows contain inf/NaN (cannot normalise)")
+        mean_sq = float(first_rows_ND.pow(2).sum(1).mean())
+        if mean_sq <= 0:
+            raise ValueError("activation cache rows are all zero; cannot normalise")
+        self.norm_scale = (d_in / mean_sq) ** 0.5
+        self.model: SparseAutoencoder = build_sae(trainer, cfg, d_in, torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            self.model.b_dec.copy_((first_rows_ND * self.norm_scale).mean(0))
+        self.model.to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+        t = cfg.tracker
+        self.tracker = FrequencyConsistencyTracker(cfg.d_sae, d_in, beta=t.beta, tau_act=t.tau_act, mode=t.mode,
+                                                   projection_dim=t.projection_dim, device=device)
+        self.tokens_since_fired_M = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
+        self.reservoir_RD = torch.zeros(cfg.reservoir_rows, d_in, device=device)
+        self.reservoir_filled = 0
+        self.resample_gen = torch.Generator().manual_seed(seed + 1)
+        self.step = 0
+        self.history: list[dict[str, np.ndarray]] = []
+        self.splits: list[dict] = []
+        self.n_resampled = 0
+        self.recent_l0: deque[float] = deque(maxlen=50)
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "trainer": self.trainer, "seed": self.seed, "config": _comparable(self.cfg),
+                "norm_scale": self.norm_scale, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict(),
+                "tokens_since_fired": self.tokens_since_fired_M, "reservoir": self.reservoir_RD,
+                "reservoir_filled": self.reservoir_filled, "resample_gen": self.resample_gen.get_state(),
+                "history": self.history, "splits": self.splits, "n_resampled": self.n_resampled,
+                "recent_l0": list(self.recent_l0),
+                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+
+    def load(self, ckpt: dict[str, Any]) -> None:
+        if ckpt["trainer"] != self.trainer or ckpt["seed"] != self.seed or ckpt["config"] != _comparable(self.cfg):
+            raise ValueError("checkpoint was written with a different training config; "
+                             "delete the SAE's checkpoints/ folder to start over")
+        self.step, self.norm_scale = ckpt["step"], ckpt["norm_scale"]
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.tracker.load_state_dict(ckpt["tracker"])
+        self.tokens_since_fired_M = ckpt["tokens_since_fired"].to(self.device)
+        self.reservoir_RD = ckpt["reservoir"].to(self.device)
+        self.reservoir_filled = ckpt["reservoir_filled"]
+        self.resample_gen.set_state(ckpt["resample_gen"])
+        self.history, self.splits, self.n_resampled = ckpt["history"], ckpt["splits"], ckpt["n_resampled"]
+        self.recent_l0 = deque(ckpt["recent_l0"], maxlen=50)
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _check_finite(step: int, name: str, t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise TrainingDivergedError(f"step {step}: {name} contains inf/NaN; training stopped, nothing saved")
+
+
+def _log_row(run: _Run, out: StepOutput, x_BD: torch.Tensor, l0: float, lr: float) -> dict[str, Any]:
+    with torch.no_grad():
+        err = (x_BD - out.recon_BD.float()).pow(2).sum()
+        total = (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+        score_M = run.tracker.absorption_score
+        alive = (run.tokens_since_fired_M < run.cfg.dead_after_tokens).float().mean()
+        return {"step": run.step, "tokens": run.step * run.cfg.batch_size, "loss": float(out.loss.detach()),
+                "mse": float(out.mse.detach()), "aux_loss": float(out.aux_loss.detach()), "l0": l0, "frac_alive": float(alive),
+                "explained_variance": float(1 - err / total), "lr": lr,
+                "mean_frequency": float(run.tracker.frequency.mean()),
+                "mean_consistency": float(run.tracker.consistency.mean()),
+                "mean_absorption_score": float(score_M.mean()), "max_absorption_score": float(score_M.max()),
+                "n_splits": len(run.splits), "n_resampled": run.n_resampled}
+
+
+def _snapshot(run: _Run) -> dict[str, np.ndarray]:
+    return {"step": run.step, "frequency": run.tracker.frequency.cpu().numpy(),
+            "consistency": run.tracker.consistency.cpu().numpy(),
+            "absorption_score": run.tracker.absorption_score.cpu().numpy()}
+
+
+def _history_frame(history: list[dict[str, np.ndarray]], d_sae: int) -> pd.DataFrame:
+    if not history:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("step", "latent") else "float32")
+                             for c in HISTORY_COLUMNS})
+    return pd.DataFrame({
+        "step": np.repeat(np.array([h["step"] for h in history], dtype=np.int64), d_sae),
+        "latent": np.tile(np.arange(d_sae, dtype=np.int64), len(history)),
+        "frequency": np.concatenate([h["frequency"] for h in history]).astype(np.float32),
+        "consistency": np.concatenate([h["consistency"] for h in history]).astype(np.float32),
+        "absorption_score": np.concatenate([h["absorption_score"] for h in history]).astype(np.float32),
+    })
+
+
+def _splits_frame(splits: list[dict]) -> pd.DataFrame:
+    dtypes = {"step": "int64", "latent": "int64", "slot": "int64", "score": "float64",
+              "frequency": "float64", "consistency": "float64", "cosine": "float64"}
+    return pd.DataFrame(splits, columns=SPLIT_COLUMNS).astype(dtypes)
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def _truncate_log(path: Path, keep_below_step: int) -> None:
+    """Drop log lines a resumed run will write again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip()
+            and json.loads(line)["step"] < keep_below_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _maintain(run: _Run, x_BD: torch.Tensor) -> None:
+    """Split or resample latents at the scheduled steps (never in the settling phase)."""
+    cfg, step = run.cfg, run.step
+    if step % cfg.resample_every or step >= cfg.resample_stop_frac * cfg.total_steps:
+        return
+    reservoir_RD = run.reservoir_RD[:run.reservoir_filled]
+    if run.trainer in SPLITTING_TRAINERS:
+        result = fc_split(run.model, run.optimizer, run.tracker, reservoir_RD, run.model.b_dec.data.detach(),
+                          step=step, z=cfg.split_z, max_split_frac=cfg.max_split_frac,
+                          dead_freq=cfg.dead_freq, min_rows=cfg.split_min_rows)
+        run.splits.extend(result.rows)
+        run.tokens_since_fired_M[result.touched_ids.to(run.device)] = 0
+    elif run.trainer in RESAMPLING_TRAINERS:
+        dead_M = run.tokens_since_fired_M >= cfg.dead_after_tokens
+        ids = resample_dead(run.model, run.optimizer, run.tracker, reservoir_RD, dead_M, run.resample_gen)
+        run.n_resampled += int(ids.numel())
+        run.tokens_since_fired_M[ids.to(run.device)] = 0
+
+
+def _push_reservoir(run: _Run, x_BD: torch.Tensor) -> None:
+    r, b = run.reservoir_RD.shape[0], x_BD.shape[0]
+    pos = (run.step * b) % r
+    idx = (torch.arange(b, device=run.device) + pos) % r
+    run.reservoir_RD[idx] = x_BD.detach().float()
+    run.reservoir_filled = min(r, run.reservoir_filled + b)
+
+
+def train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: int, out_dir: Path, info: ModelInfo,
+              *, on_checkpoint: Callable[[int], None] | None = None, progress: bool = True) -> TrainResult:
+    """Train one SAE into ``out_dir`` (resuming from its newest checkpoint) and export it.
+    ``sae_meta.json`` is written last: its presence means the SAE is complete."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    device = resolve_device(cfg.device)
+    steps_per_epoch = source.n_rows // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"activation cache has {source.n_rows} rows, fewer than train.batch_size={cfg.batch_size}")
+    total = cfg.total_steps
+    run = _Run(cfg, trainer, seed, source, device)
+    ckpt = load_latest_checkpoint(ckpt_dir)
+    if ckpt is not None:
+        run.load(ckpt)
+    log_path = out_dir / "train_log.jsonl"
+    _truncate_log(log_path, run.step) if run.step else log_path.write_text("")
+    write_json_atomic(out_dir / "train_config.json",
+                      {"trainer": trainer, "seed": seed, **dataclasses.asdict(cfg), "total_steps": total})
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    batches = None
+    bar = tqdm(total=total, initial=run.step, desc=f"{trainer}_s{seed}", disable=not progress, unit="step")
+    with open(log_path, "a") as log_file:
+        while run.step < total:
+            if batches is None or run.step % steps_per_epoch == 0:
+                batches = source.iter_batches(cfg.batch_size, seed=seed, epoch=run.step // steps_per_epoch,
+                                              start_batch=run.step % steps_per_epoch, device=device)
+            step = run.step
+            x_BD = next(batches).to(device=device, dtype=torch.float32) * run.norm_scale
+            _check_finite(step, "input batch", x_BD)
+            lr = lr_at(step, total, cfg)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            dead_M = run.tokens_since_fired_M >= cfg.dead_after_tokens
+            with autocast:
+                out = run.model.training_step(x_BD, dead_M)
+            _check_finite(step, "loss", out.loss.detach())
+            run.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            run.model.remove_parallel_decoder_grad()
+            run.optimizer.step()
+            run.model.normalise_decoder()
+            run.model.after_step(out)
+            for name, param in run.model.named_parameters():
+                _check_finite(step, f"parameter {name}", param.data)
+
+            center_D = run.model.b_dec.data
+            if out.sparse is not None:
+                tstep = run.tracker.update_sparse(x_BD, out.sparse.rows_N, out.sparse.latents_N,
+                                                  out.sparse.values_N, center_D)
+            else:
+                tstep = run.tracker.update(x_BD, out.acts_BM, center_D)
+            run.tokens_since_fired_M += cfg.batch_size
+            run.tokens_since_fired_M[tstep.fires_M > 0] = 0
+            run.recent_l0.append(tstep.l0)
+            _push_reservoir(run, x_BD)
+            if step % cfg.log_every == 0 or step == total - 1:
+                log_file.write(json.dumps(_log_row(run, out, x_BD, tstep.l0, lr)) + "\n")
+                log_file.flush()
+                bar.set_postfix(mse=f"{float(out.mse.detach()):.3g}", l0=f"{tstep.l0:.1f}", splits=len(run.splits))
+
+            run.step = step + 1
+            _maintain(run, x_BD)
+            if run.step % cfg.snapshot_every == 0 or run.step == total:
+                run.history.append(_snapshot(run))
+            if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < total:
+                save_checkpoint(ckpt_dir, run.step, run.state(), cfg.keep_checkpoints)
+                if on_checkpoint is not None:
+                    on_checkpoint(run.step)
+            bar.update(1)
+    bar.close()
+
+    export_sae(run.model, out_dir, run.norm_scale, info)
+    _write_parquet(_history_frame(run.history, cfg.d_sae), out_dir / "fc_history.parquet")
+    _write_parquet(_splits_frame(run.splits), out_dir / "splits.parquet")
+    final_l0 = float(np.mean(run.recent_l0)) if run.recent_l0 else 0.0
+    k_value = cfg.k if run.model.architecture != "relu" else None
+    write_json_atomic(out_dir / "sae_meta.json", {
+        "name": out_dir.name, "trainer": trainer, "seed": seed, "architecture": run.model.architecture,
+        "k": k_value, "d_in": source.d_model, "d_sae": cfg.d_sae, "model_name": info.model_name,
+        "model_source": info.model_source, "layer": info.layer, "hook_name": info.hook_name,
+        "train_tokens": total * cfg.batch_size, "l0_target": k_value, "final_l0": final_l0,
+        "norm_scale": run.norm_scale})
+    return TrainResult(out_dir, total, final_l0, run.norm_scale, len(run.splits))

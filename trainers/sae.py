@@ -1,0 +1,128 @@
+"""The shared sparse-autoencoder module: parameters, encode/decode, decoder-norm constraint.
+
+Every architecture keeps the same four parameters (W_enc D x M, b_enc M, W_dec M x D, b_dec D) so
+the loop, the tracker, splitting and export treat them alike; subclasses choose the activation and
+the loss. Codes of sparse architectures travel as flat COO triples (row, latent, value) so that
+decoding and the tracker cost O(nnz * D), never O(B * M * D).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SparseCodes(NamedTuple):
+    rows_N: torch.Tensor
+    """Batch row of each active entry, sorted ascending."""
+    latents_N: torch.Tensor
+    """Latent index of each active entry."""
+    values_N: torch.Tensor
+    """Activation value of each active entry (differentiable during training)."""
+
+
+class StepOutput(NamedTuple):
+    loss: torch.Tensor
+    """Total loss the optimiser minimises."""
+    mse: torch.Tensor
+    """Reconstruction error: squared L2 summed over D, mean over the batch."""
+    aux_loss: torch.Tensor
+    """Auxiliary term (AuxK or L1), already weighted."""
+    recon_BD: torch.Tensor
+    """Reconstruction of the (normalised) input."""
+    sparse: SparseCodes | None
+    """Codes as COO triples for sparse architectures."""
+    acts_BM: torch.Tensor | None
+    """Dense codes for dense architectures (ReLU)."""
+
+
+def sparse_decode(codes: SparseCodes, W_dec_MD: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """sum_n values_n W_dec[latents_n] into row rows_n, without a B x M or nnz x D intermediate."""
+    offsets_B = torch.searchsorted(codes.rows_N, torch.arange(batch_size, device=codes.rows_N.device))
+    return F.embedding_bag(codes.latents_N, W_dec_MD, offsets_B, mode="sum",
+                           per_sample_weights=codes.values_N.to(W_dec_MD.dtype))
+
+
+def row_topk_codes(post_BM: torch.Tensor, k: int) -> SparseCodes:
+    vals_BK, idx_BK = post_BM.topk(k, dim=1, sorted=False)
+    b = post_BM.shape[0]
+    rows_BK = torch.arange(b, device=post_BM.device)[:, None].expand(b, k)
+    return SparseCodes(rows_BK.reshape(-1), idx_BK.reshape(-1), vals_BK.reshape(-1))
+
+
+class SparseAutoencoder(nn.Module):
+    architecture: str = "topk"
+    """How evaluation encodes: topk | relu | jumprelu (docs/ARCHITECTURE.md)."""
+
+    def __init__(self, d_in: int, d_sae: int, k: int | None = None, generator: torch.Generator | None = None):
+        super().__init__()
+        self.d_in, self.d_sae, self.k = d_in, d_sae, k
+        W_dec_MD = torch.randn(d_sae, d_in, generator=generator)
+        W_dec_MD /= W_dec_MD.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec_MD)
+        # Tied initialisation (encoder = decoder transpose) as in the TopK SAE literature.
+        self.W_enc = nn.Parameter(W_dec_MD.T.clone().contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    # ---- shared pieces ----------------------------------------------------------------------
+    def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
+        return (x_BD - self.b_dec) @ self.W_enc + self.b_enc
+
+    def decode(self, acts_BM: torch.Tensor) -> torch.Tensor:
+        return acts_BM @ self.W_dec + self.b_dec
+
+    @torch.no_grad()
+    def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """Inference codes (dense B x M), exactly as docs/ARCHITECTURE.md's encoding rule."""
+        raise NotImplementedError
+
+    def training_step(self, x_BD: torch.Tensor, dead_M: torch.Tensor) -> StepOutput:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self, out: StepOutput) -> None:
+        """Per-step state updates that are not gradient steps (e.g. learned thresholds)."""
+
+    # ---- decoder-norm constraint -----------------------------------------------------------
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out the gradient component that would change decoder row norms."""
+        if self.W_dec.grad is None:
+            return
+        w_MD = self.W_dec.data
+        parallel_M1 = (self.W_dec.grad * w_MD).sum(1, keepdim=True)
+        self.W_dec.grad.sub_(parallel_M1 * w_MD)
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        self.W_dec.data /= self.W_dec.data.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    # ---- export -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def export_tensors(self, norm_scale: float) -> dict[str, torch.Tensor]:
+        """Weights that act on raw activations: the input scale s is folded in
+        (x_n = s x  =>  W_enc' = s W_enc, b_dec' = b_dec / s, W_dec' = W_dec / s)."""
+        out = {"W_enc": self.W_enc.data * norm_scale, "W_dec": self.W_dec.data / norm_scale,
+               "b_enc": self.b_enc.data.clone(), "b_dec": self.b_dec.data / norm_scale}
+        return {name: t.detach().float().cpu().contiguous() for name, t in out.items()}
+
+
+def auxk_loss(model: SparseAutoencoder, post_BM: torch.Tensor, x_BD: torch.Tensor, recon_BD: torch.Tensor,
+              dead_M: torch.Tensor, k_aux: int) -> torch.Tensor:
+    """AuxK (Gao et al.): the top dead latents reconstruct the residual error, normalised by its
+    variance, so dead latents get gradient toward what the live ones miss."""
+    n_dead = int(dead_M.sum())
+    if n_dead == 0:
+        return x_BD.new_zeros(())
+    k = min(k_aux, n_dead)
+    dead_post_BM = torch.where(dead_M[None, :], post_BM, torch.full_like(post_BM, float("-inf")))
+    codes = row_topk_codes(dead_post_BM, k)
+    codes = codes._replace(values_N=codes.values_N.clamp_min(0.0))
+    residual_BD = (x_BD - recon_BD).detach()
+    aux_recon_BD = sparse_decode(codes, model.W_dec, x_BD.shape[0])
+    err = (residual_BD - aux_recon_BD).pow(2).sum(1).mean()
+    scale = (residual_BD - residual_BD.mean(0)).pow(2).sum(1).mean().clamp_min(1e-12)
+    return err / scale

@@ -1,0 +1,35 @@
+"""Latent surgery shared by FC splitting and dead-latent resampling: overwrite some latents'
+encoder/decoder, and in the same breath clear the Adam moments and tracker statistics that
+described the old latents (stale moments would push the new directions straight back)."""
+from __future__ import annotations
+
+import torch
+
+from trainers.sae import SparseAutoencoder
+from trainers.tracker import FrequencyConsistencyTracker
+
+
+@torch.no_grad()
+def mean_encoder_norm(model: SparseAutoencoder, alive_M: torch.Tensor) -> float:
+    norms_M = model.W_enc.data.norm(dim=0)
+    return float(norms_M[alive_M].mean()) if bool(alive_M.any()) else float(norms_M.mean())
+
+
+@torch.no_grad()
+def reinit_latents(model: SparseAutoencoder, optimizer: torch.optim.Optimizer,
+                   tracker: FrequencyConsistencyTracker | None, latent_ids_L: torch.Tensor,
+                   directions_LD: torch.Tensor, enc_norms_L: torch.Tensor, b_enc_L: torch.Tensor) -> None:
+    """Set decoder rows to unit ``directions_LD``, encoder columns to the same directions scaled
+    by ``enc_norms_L``, encoder biases to ``b_enc_L``; zero the moments of touched entries."""
+    ids_L = latent_ids_L.to(model.W_dec.device)
+    dirs_LD = directions_LD.to(model.W_dec) / directions_LD.norm(dim=1, keepdim=True).clamp_min(1e-12).to(model.W_dec)
+    model.W_dec.data[ids_L] = dirs_LD
+    model.W_enc.data[:, ids_L] = (dirs_LD * enc_norms_L.to(dirs_LD)[:, None]).T
+    model.b_enc.data[ids_L] = b_enc_L.to(model.b_enc)
+    for param, index in ((model.W_dec, (ids_L,)), (model.W_enc, (slice(None), ids_L)), (model.b_enc, (ids_L,))):
+        state = optimizer.state.get(param, {})
+        for moment in ("exp_avg", "exp_avg_sq"):
+            if moment in state:
+                state[moment][index] = 0.0
+    if tracker is not None:
+        tracker.reset(ids_L)

@@ -1,0 +1,156 @@
+"""FrequencyConsistencyTracker: per-latent firing frequency and input consistency, as EMAs.
+
+Per step, with SAE inputs x (B x D) and codes a (B x M), active mask A = |a| > tau_act:
+
+    f   <- beta f   + (1 - beta) mean_b A[b, :]
+    N_i <- beta N_i + (1 - beta) sum_b A[b, i]
+    S_i <- beta S_i + (1 - beta) sum_b A[b, i] v_b
+
+``direction`` mode: v_b = (x_b - center) / ||x_b - center|| and c_i = ||S_i / N_i||^2 (mean
+resultant length squared; 1 - c_i is the total variance of the unit directions).
+``seed`` mode: v_b = x_b, plus Q_i <- beta Q_i + (1 - beta) sum_b A[b, i] ||x_b||^2, and
+c_i = 1 / (1 + (Q_i / N_i - ||S_i / N_i||^2) / D).
+Latents with N_i = 0 have no evidence: c_i = 1. Absorption score s_i = f_i (1 - c_i).
+
+The update of S is A^T V: a sparse-dense product for TopK codes (O(B k P)), a matmul for dense
+codes; a B x M x D tensor is never formed. Extra memory is O(M P), P = D or projection_dim.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class TrackerStep(NamedTuple):
+    fires_M: torch.Tensor
+    """How many rows of the batch activated each latent (the same indicators as L0)."""
+    l0: float
+    """Mean active latents per row."""
+
+
+class FrequencyConsistencyTracker:
+    def __init__(self, d_sae: int, d_in: int, beta: float = 0.99, tau_act: float = 0.0,
+                 mode: str = "direction", projection_dim: int | None = None,
+                 device: str | torch.device = "cpu", projection_seed: int = 0):
+        if mode not in ("direction", "seed"):
+            raise ValueError(f"tracker mode must be direction or seed, got {mode!r}")
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"tracker beta must be in [0, 1), got {beta}")
+        self.d_sae, self.d_in, self.beta, self.tau_act, self.mode = d_sae, d_in, beta, tau_act, mode
+        self.projection_DP: torch.Tensor | None = None
+        if projection_dim is not None:
+            gen = torch.Generator().manual_seed(projection_seed)
+            # Gaussian with variance 1/P keeps squared norms unbiased (Johnson-Lindenstrauss).
+            self.projection_DP = (torch.randn(d_in, projection_dim, generator=gen) / projection_dim ** 0.5).to(device)
+        p = projection_dim or d_in
+        self._freq_M = torch.zeros(d_sae, device=device)
+        self._count_M = torch.zeros(d_sae, device=device)
+        self._sum_MP = torch.zeros(d_sae, p, device=device)
+        self._sq_M = torch.zeros(d_sae, device=device) if mode == "seed" else None
+
+    # ---- statistics ---------------------------------------------------------------------
+    @property
+    def frequency(self) -> torch.Tensor:
+        return self._freq_M.clone()
+
+    @property
+    def consistency(self) -> torch.Tensor:
+        has_evidence_M = self._count_M > 0
+        n_M = self._count_M.clamp_min(torch.finfo(self._count_M.dtype).tiny)
+        mean_MP = self._sum_MP / n_M[:, None]
+        if self.mode == "direction":
+            c_M = mean_MP.pow(2).sum(1).clamp(0.0, 1.0)
+        else:
+            var_total_M = (self._sq_M / n_M - mean_MP.pow(2).sum(1)).clamp_min(0.0)
+            c_M = 1.0 / (1.0 + var_total_M / self.d_in)
+        return torch.where(has_evidence_M, c_M, torch.ones_like(c_M))
+
+    @property
+    def absorption_score(self) -> torch.Tensor:
+        return self._freq_M * (1.0 - self.consistency)
+
+    @property
+    def extra_bytes(self) -> int:
+        tensors = [self._freq_M, self._count_M, self._sum_MP, self._sq_M, self.projection_DP]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def _input_vectors(self, x_BD: torch.Tensor, center_D: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.mode == "direction":
+            centred_BD = x_BD if center_D is None else x_BD - center_D.detach().float()
+            norm_B1 = centred_BD.norm(dim=1, keepdim=True)
+            v_BP = torch.where(norm_B1 > 0, centred_BD / norm_B1.clamp_min(1e-30), torch.zeros_like(centred_BD))
+        else:
+            v_BP = x_BD
+        if self.projection_DP is not None:
+            v_BP = v_BP @ self.projection_DP
+        return v_BP, (v_BP.pow(2).sum(1) if self.mode == "seed" else None)
+
+    # ---- update -------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, x_BD: torch.Tensor, acts_BM: torch.Tensor | None = None,
+               center_D: torch.Tensor | None = None, *, active_idx_BK: torch.Tensor | None = None,
+               active_val_BK: torch.Tensor | None = None) -> TrackerStep:
+        """Fold one batch into the EMAs. Pass dense codes ``acts_BM``, or the sparse TopK codes
+        ``active_idx_BK`` / ``active_val_BK`` (the faster path)."""
+        b = x_BD.shape[0]
+        if active_idx_BK is not None:
+            if active_val_BK is None:
+                raise ValueError("active_val_BK is required with active_idx_BK")
+            rows_BK = torch.arange(b, device=x_BD.device)[:, None].expand_as(active_idx_BK)
+            return self.update_sparse(x_BD, rows_BK.reshape(-1), active_idx_BK.reshape(-1),
+                                      active_val_BK.reshape(-1), center_D)
+        if acts_BM is None:
+            raise ValueError("update needs acts_BM or active_idx_BK/active_val_BK")
+        v_BP, sq_B = self._input_vectors(x_BD.detach().float(), center_D)
+        a_BM = (acts_BM.detach().abs() > self.tau_act).float()
+        fires_M = a_BM.sum(0)
+        batch_sq_M = a_BM.T @ sq_B if sq_B is not None else None
+        return self._fold(b, fires_M, a_BM.T @ v_BP, batch_sq_M)
+
+    @torch.no_grad()
+    def update_sparse(self, x_BD: torch.Tensor, rows_N: torch.Tensor, latents_N: torch.Tensor,
+                      values_N: torch.Tensor, center_D: torch.Tensor | None = None) -> TrackerStep:
+        """Sparse codes as COO triples (row, latent, value): O(nnz * P) work."""
+        b = x_BD.shape[0]
+        v_BP, sq_B = self._input_vectors(x_BD.detach().float(), center_D)
+        a_N = (values_N.detach().abs() > self.tau_act).float()
+        fires_M = torch.zeros(self.d_sae, device=x_BD.device).index_add_(0, latents_N, a_N)
+        a_MB = torch.sparse_coo_tensor(torch.stack([latents_N, rows_N]), a_N, (self.d_sae, b), check_invariants=False)
+        batch_sum_MP = torch.sparse.mm(a_MB, v_BP)
+        batch_sq_M = torch.sparse.mm(a_MB, sq_B[:, None]).squeeze(1) if sq_B is not None else None
+        return self._fold(b, fires_M, batch_sum_MP, batch_sq_M)
+
+    def _fold(self, b: int, fires_M: torch.Tensor, batch_sum_MP: torch.Tensor,
+              batch_sq_M: torch.Tensor | None) -> TrackerStep:
+        beta, w = self.beta, 1.0 - self.beta
+        self._freq_M.mul_(beta).add_(fires_M, alpha=w / b)
+        self._count_M.mul_(beta).add_(fires_M, alpha=w)
+        self._sum_MP.mul_(beta).add_(batch_sum_MP, alpha=w)
+        if self._sq_M is not None:
+            self._sq_M.mul_(beta).add_(batch_sq_M, alpha=w)
+        return TrackerStep(fires_M=fires_M, l0=float(fires_M.sum()) / b)
+
+    # ---- state --------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset(self, latent_ids: torch.Tensor | list[int]) -> None:
+        """Forget everything about these latents (after surgery their statistics are stale)."""
+        ids = torch.as_tensor(latent_ids, dtype=torch.long, device=self._freq_M.device)
+        for t in (self._freq_M, self._count_M, self._sum_MP, self._sq_M):
+            if t is not None:
+                t[ids] = 0.0
+
+    def state_dict(self) -> dict[str, torch.Tensor | None]:
+        return {"frequency": self._freq_M.clone(), "count": self._count_M.clone(),
+                "sums": self._sum_MP.clone(), "sq_sums": None if self._sq_M is None else self._sq_M.clone(),
+                "projection": None if self.projection_DP is None else self.projection_DP.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:
+        if state["sums"].shape != self._sum_MP.shape:
+            raise ValueError(f"tracker state has shape {tuple(state['sums'].shape)}, expected {tuple(self._sum_MP.shape)}")
+        dev = self._freq_M.device
+        self._freq_M = state["frequency"].to(dev).clone()
+        self._count_M = state["count"].to(dev).clone()
+        self._sum_MP = state["sums"].to(dev).clone()
+        self._sq_M = None if state["sq_sums"] is None else state["sq_sums"].to(dev).clone()
+        self.projection_DP = None if state["projection"] is None else state["projection"].to(dev).clone()
