@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# make run / make eval: start (if needed) a local Prefect server and the fc-sae runner in the
+# background, trigger `prefect deployment run fc-sae/<MODE>`, wait, and print the results.
+# Usage: scripts/run.sh full|eval PRESET RUN_DIR
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-full}; PRESET=${2:-demo}; RUN_DIR=${3:-runs/$PRESET}
+RUN_DIR=$(python3 -c 'import os,sys;print(os.path.abspath(sys.argv[1]))' "$RUN_DIR")
+export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
+BIN=.venv/bin
+STATE=.prefect
+mkdir -p "$STATE"
+API=http://127.0.0.1:4200/api
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+if ! curl -sf "$API/health" >/dev/null 2>&1; then
+  echo "run: starting the Prefect server on 127.0.0.1:4200 (log: $STATE/server.log)"
+  setsid nohup "$BIN/prefect" server start --host 127.0.0.1 --port 4200 >"$STATE/server.log" 2>&1 &
+  echo $! >"$STATE/server.pid"
+  for _ in $(seq 1 120); do curl -sf "$API/health" >/dev/null 2>&1 && break; sleep 1; done
+  curl -sf "$API/health" >/dev/null || { echo "run: the Prefect server did not start; see $STATE/server.log" >&2; exit 1; }
+fi
+
+# The runner must be restarted when the flow code changed (Prefect fixes parameters at serve time).
+code_stamp=$(cat flows/*.py | sha256sum | cut -c1-16)
+if alive "$STATE/runner.pid" && [ "$(cat "$STATE/runner.stamp" 2>/dev/null)" != "$code_stamp" ]; then
+  kill -- -"$(cat "$STATE/runner.pid")" 2>/dev/null || kill "$(cat "$STATE/runner.pid")" 2>/dev/null || true
+  sleep 2
+fi
+if ! alive "$STATE/runner.pid"; then
+  echo "run: starting the fc-sae runner (log: $STATE/runner.log)"
+  setsid nohup "$BIN/python" -m flows.serve >"$STATE/runner.log" 2>&1 &
+  echo $! >"$STATE/runner.pid"
+  echo "$code_stamp" >"$STATE/runner.stamp"
+  for _ in $(seq 1 120); do
+    "$BIN/prefect" deployment inspect fc-sae/full >/dev/null 2>&1 && "$BIN/prefect" deployment inspect fc-sae/eval >/dev/null 2>&1 && break
+    alive "$STATE/runner.pid" || { echo "run: the runner exited; see $STATE/runner.log" >&2; tail -5 "$STATE/runner.log" >&2; exit 1; }
+    sleep 1
+  done
+fi
+
+echo "run: prefect deployment run fc-sae/$MODE (preset $PRESET, run dir $RUN_DIR)"
+start=$(date +%s)
+"$BIN/prefect" deployment run "fc-sae/$MODE" --param "preset=$PRESET" --param "run_dir=$RUN_DIR" --watch
+echo "run: finished in $(( $(date +%s) - start )) s"
+"$BIN/fc-sae" results --run-dir "$RUN_DIR"
+echo "results table: $RUN_DIR/results.parquet   (pandas: pd.read_parquet('$RUN_DIR/results.parquet'))"
+echo "report:        $RUN_DIR/report/index.html"
+echo "Prefect UI:    http://127.0.0.1:4200   (stop everything with: make down)"
