@@ -61,26 +61,28 @@ class Manifest:
     def load(self) -> dict[int, ShardRecord]:
         """Committed shards by index. A torn final line (a crash mid-append) is ignored; a bad
         line anywhere else means the manifest itself is damaged."""
+        records, bad = self.load_lenient()
+        if bad:
+            raise StoreError(f"{self.path} line {bad[0]} is damaged; run 'fc-cache repair' on the store")
+        return records
+
+    def load_lenient(self) -> tuple[dict[int, ShardRecord], list[int]]:
+        """Committed shards and the 1-based numbers of damaged lines (a torn tail is not damage)."""
         if not self.path.exists():
-            return {}
-        text = self.path.read_text()
-        lines = text.split("\n")
+            return {}, []
+        lines = self.path.read_text(errors="replace").split("\n")
         records: dict[int, ShardRecord] = {}
-        for i, line in enumerate(lines):
+        bad: list[int] = []
+        for i, line in enumerate(lines[:-1]):  # the text after the last newline is a torn tail
             if not line.strip():
                 continue
-            is_torn_tail = i == len(lines) - 1  # no trailing newline: the append never finished
             try:
                 rec = ShardRecord.from_dict(json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                if is_torn_tail:
-                    break
-                raise StoreError(f"{self.path} line {i + 1} is damaged ({e}); "
-                                 f"run 'fc-cache repair' on the store") from None
-            if is_torn_tail:
-                break
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                bad.append(i + 1)
+                continue
             records[rec.shard] = rec
-        return records
+        return records, bad
 
     def append(self, record: ShardRecord) -> None:
         """Append one line and fsync it: after this returns, the shard is committed."""

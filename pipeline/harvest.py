@@ -1,0 +1,299 @@
+"""Harvest stage: stream the corpus through the model (stopped after the hooked layer) into the
+sharded activation store ``run_dir/cache``.
+
+Rows are produced in *groups* of ``shuffle_buffer_shards`` shards. A group's windows are forwarded
+in batches that start at the group's first window, its rows are shuffled with a generator seeded by
+(corpus seed, group), and it is cut into whole shards. Every shard is therefore a pure function of
+(config, shard index): a resumed harvest, or one split across Dask workers, writes byte-identical
+shards. A crash loses at most the group in flight; the next run removes leftovers and redoes only
+the groups that still miss shards. A complete store with the same configuration is not redone.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pipeline
+from cache_tools.errors import StoreError
+from cache_tools.layout import LAYOUT_ATTR, MANIFEST_NAME, StoreSpec, read_group_attrs, read_spec
+from cache_tools.manifest import Manifest
+from cache_tools.writer import IDENTITY_ATTR, StoreWriter, acts_to_storage
+from pipeline.config import RunConfig
+
+CACHE_DIR = "cache"
+_SHUFFLE_SALT = 0x48415256  # keeps the harvest shuffle stream apart from other uses of the seed
+
+
+class HarvestError(RuntimeError):
+    """The harvest cannot proceed (bad activations, corpus too small, conflicting store)."""
+
+
+@dataclass(frozen=True)
+class HarvestPlan:
+    """How global rows map onto groups, shards and corpus windows."""
+
+    n_rows: int
+    """Rows in the finished store (harvest.n_tokens)."""
+    shard_rows: int
+    """Rows per shard."""
+    group_shards: int
+    """Shards per shuffle group (harvest.shuffle_buffer_shards)."""
+    rows_per_window: int
+    """Rows each context window contributes (context length minus a dropped BOS)."""
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_rows / self.shard_rows)
+
+    @property
+    def n_groups(self) -> int:
+        return math.ceil(self.n_shards / self.group_shards)
+
+    def group_of(self, shard: int) -> int:
+        return shard // self.group_shards
+
+    def group_shard_range(self, g: int) -> range:
+        return range(g * self.group_shards, min((g + 1) * self.group_shards, self.n_shards))
+
+    def group_rows(self, g: int) -> tuple[int, int]:
+        start = g * self.group_shards * self.shard_rows
+        return start, min(start + self.group_shards * self.shard_rows, self.n_rows)
+
+    def group_windows(self, g: int) -> tuple[int, int]:
+        r0, r1 = self.group_rows(g)
+        return r0 // self.rows_per_window, math.ceil(r1 / self.rows_per_window)
+
+
+def content_identity(cfg: RunConfig) -> str:
+    """Fingerprint of every setting that determines the cached rows (not the device or worker count)."""
+    model = {k: v for k, v in asdict(cfg.model).items() if k != "device"}
+    harvest = {k: v for k, v in asdict(cfg.harvest).items() if k != "n_workers"}
+    blob = json.dumps({"model": model, "corpus": asdict(cfg.corpus), "harvest": harvest}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _existing_store_state(root: Path, identity: str) -> bool:
+    """True if ``root`` holds a complete store of this configuration; raise if it holds another."""
+    if not (root / "zarr.json").is_file():
+        return False
+    try:
+        attrs = read_group_attrs(root)
+    except StoreError as e:
+        raise HarvestError(str(e)) from None
+    if attrs.get(IDENTITY_ATTR) != identity:
+        raise HarvestError(f"{root} holds activations harvested with a different model/corpus/harvest "
+                           f"config; delete it or use another run directory")
+    spec = StoreSpec.from_dict(attrs[LAYOUT_ATTR])
+    return len(Manifest(root / MANIFEST_NAME).load()) == spec.n_shards
+
+
+def make_plan(cfg: RunConfig, tokenizer) -> HarvestPlan:
+    drop_bos = cfg.harvest.exclude_bos and tokenizer.bos_token_id is not None
+    rpw = cfg.corpus.context_length - (1 if drop_bos else 0)
+    return HarvestPlan(cfg.harvest.n_tokens, cfg.harvest.shard_rows, cfg.harvest.shuffle_buffer_shards, rpw)
+
+
+def _store_attrs(cfg: RunConfig, plan: HarvestPlan, tokenizer) -> dict:
+    from pipeline.models import model_provenance
+
+    return {
+        "model": {"name": cfg.model.name, "source": cfg.model.source, "dtype": cfg.model.dtype,
+                  "provenance": model_provenance(cfg.model.name, source=cfg.model.source)},
+        "layer": cfg.model.layer,
+        "hook_name": cfg.model.hook,
+        "context_length": cfg.corpus.context_length,
+        "tokenizer": {"name": cfg.model.name, "class": type(tokenizer).__name__,
+                      "bos_token_id": tokenizer.bos_token_id, "vocab_size": len(tokenizer)},
+        "dataset": {"source": cfg.corpus.source, "split": cfg.corpus.split,
+                    "revision": cfg.corpus.revision, "text_field": cfg.corpus.text_field},
+        "seed": cfg.corpus.seed,
+        "dtype": cfg.harvest.store_dtype,
+        "rows_per_window": plan.rows_per_window,
+        "bos_excluded": plan.rows_per_window < cfg.corpus.context_length,
+        "project_version": pipeline.__version__,
+        "harvest_config": asdict(cfg.harvest),
+        "corpus_config": asdict(cfg.corpus),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# ---- the stage ------------------------------------------------------------------------------
+
+def harvest(cfg: RunConfig, run_dir: str | Path, *, client=None, progress: bool = True) -> Path:
+    """Fill ``run_dir/cache`` with the activations ``cfg`` describes and return its path.
+
+    ``client``: an existing ``dask.distributed.Client`` to spread the work over; otherwise
+    ``harvest.n_workers > 1`` starts a LocalCluster of that many worker processes.
+    """
+    from pipeline.models import load_tokenizer
+
+    root = Path(run_dir) / CACHE_DIR
+    identity = content_identity(cfg)
+    if _existing_store_state(root, identity):
+        return root
+    tokenizer = load_tokenizer(cfg.model.name, source=cfg.model.source)
+    plan = make_plan(cfg, tokenizer)
+    spec = StoreSpec(n_rows=plan.n_rows, d_model=_d_model(cfg), shard_rows=cfg.harvest.shard_rows,
+                     chunk_rows=cfg.harvest.chunk_rows, acts_dtype=cfg.harvest.store_dtype)
+    try:
+        writer = StoreWriter.create_or_open(root, spec, _store_attrs(cfg, plan, tokenizer), identity)
+    except StoreError as e:
+        raise HarvestError(str(e)) from None
+    writer.remove_leftovers()
+    missing = set(writer.missing_shards())
+    groups = sorted({plan.group_of(s) for s in missing})
+    total = sum(plan.group_rows(g)[1] - plan.group_rows(g)[0] for g in groups)
+    if client is not None or cfg.harvest.n_workers > 1:
+        from pipeline.harvest_dask import harvest_groups_dask
+
+        harvest_groups_dask(cfg, root, groups, client=client, total_rows=total, progress=progress)
+    else:
+        with GroupHarvester(cfg, root, tokenizer=tokenizer) as worker:
+            worker.run(groups, progress=progress, total_rows=total)
+    if not writer.is_complete():
+        raise HarvestError(f"harvest finished but {root} still misses shards {writer.missing_shards()[:8]}")
+    return root
+
+
+def _d_model(cfg: RunConfig) -> int:
+    from transformers import AutoConfig
+
+    from pipeline.models import ensure_model
+
+    snap = ensure_model(cfg.model.name, source=cfg.model.source)
+    mcfg = AutoConfig.from_pretrained(str(snap) if snap else cfg.model.name)
+    text_cfg = mcfg.get_text_config() if hasattr(mcfg, "get_text_config") else mcfg
+    return int(text_cfg.hidden_size)
+
+
+# ---- producing groups -----------------------------------------------------------------------
+
+class _WindowCursor:
+    """Sequential access to the corpus' packed windows; consecutive groups share one pass."""
+
+    def __init__(self, cfg: RunConfig, tokenizer) -> None:
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self._it = None
+        self.pos = -1
+        self._last: tuple | None = None  # window pos - 1: groups may share a boundary window
+
+    def take(self, start: int, stop: int) -> list[tuple]:
+        from pipeline.corpus import iter_windows
+
+        out: list[tuple] = []
+        if start == self.pos - 1 and self._last is not None:
+            out.append(self._last)
+            start += 1
+        if start != self.pos:
+            self._it = itertools.islice(iter_windows(self.cfg.corpus, self.tokenizer), start, None)
+            self.pos = start
+        fresh = list(itertools.islice(self._it, stop - start))
+        self.pos = start + len(fresh)
+        out += fresh
+        if out:
+            self._last = out[-1]
+        return out
+
+
+class GroupHarvester:
+    """Loads the model once and produces (then writes) whole groups of shards."""
+
+    def __init__(self, cfg: RunConfig, root: Path, *, tokenizer=None) -> None:
+        from pipeline.models import load_model, load_tokenizer, resolve_device
+        from pipeline.truncated_forward import TruncatedForward
+
+        self.cfg = cfg
+        self.tokenizer = tokenizer or load_tokenizer(cfg.model.name, source=cfg.model.source)
+        self.plan = make_plan(cfg, self.tokenizer)
+        self.writer = StoreWriter(root, read_spec(root))
+        model = load_model(cfg.model.name, source=cfg.model.source, dtype=cfg.model.dtype,
+                           device=resolve_device(cfg.model.device))
+        self.forward = TruncatedForward(model, cfg.model.layer)
+        self.cursor = _WindowCursor(cfg, self.tokenizer)
+        self.drop_bos = self.plan.rows_per_window < cfg.corpus.context_length
+        self.store_dtype = self.writer.spec.torch_dtype
+
+    def __enter__(self) -> "GroupHarvester":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.forward.close()
+
+    def run(self, groups: list[int], *, progress: bool = True, total_rows: int | None = None) -> int:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_rows, unit="tok", unit_scale=True, desc="harvest", disable=not progress,
+                   dynamic_ncols=True)
+        written = 0
+        try:
+            for g in groups:
+                written += self.run_group(g, bar)
+        finally:
+            bar.close()
+        return written
+
+    def run_group(self, g: int, bar=None) -> int:
+        """Produce group ``g`` and write its shards that the manifest does not list yet."""
+        plan, cfg = self.plan, self.cfg
+        todo = [s for s in plan.group_shard_range(g) if s not in self.writer.committed()]
+        if not todo:
+            return 0
+        r0, r1 = plan.group_rows(g)
+        w0, w1 = plan.group_windows(g)
+        n, rpw = r1 - r0, plan.rows_per_window
+        acts_ND = torch.empty((n, self.writer.spec.d_model), dtype=self.store_dtype)
+        tokens_3N = np.empty((3, n), dtype=np.int32)  # token_ids, doc_ids, positions
+        for b0 in range(w0, w1, cfg.harvest.batch_size):
+            b1 = min(b0 + cfg.harvest.batch_size, w1)
+            windows = self.cursor.take(b0, b1)
+            if len(windows) < b1 - b0:
+                raise HarvestError(
+                    f"corpus '{cfg.corpus.source}' ran out after {b0 + len(windows)} windows of "
+                    f"{cfg.corpus.context_length} tokens; harvest.n_tokens={plan.n_rows} needs "
+                    f"{math.ceil(plan.n_rows / rpw)}: lower n_tokens or add text")
+            lo = max(r0 - b0 * rpw, 0)  # rows of this batch inside the group
+            hi = min(r1 - b0 * rpw, (b1 - b0) * rpw)
+            dst = b0 * rpw + lo - r0
+            acts_ND[dst:dst + hi - lo] = self._batch_rows(windows, b0, b1, g)[lo:hi]
+            tok_3BT = np.asarray([[w[i] for w in windows] for i in range(3)], dtype=np.int32)
+            if self.drop_bos:
+                tok_3BT = tok_3BT[:, :, 1:]
+            tokens_3N[:, dst:dst + hi - lo] = tok_3BT.reshape(3, -1)[:, lo:hi]
+            if bar is not None:
+                bar.update(hi - lo)
+        perm = np.random.default_rng([cfg.corpus.seed, _SHUFFLE_SALT, g]).permutation(n)
+        for shard in todo:
+            s0, s1 = self.writer.spec.shard_row_range(shard)
+            idx = perm[s0 - r0:s1 - r0]
+            self.writer.write_shard(
+                shard, acts_to_storage(acts_ND.index_select(0, torch.from_numpy(idx)), cfg.harvest.store_dtype),
+                *(np.ascontiguousarray(tokens_3N[i, idx]) for i in range(3)))
+        return sum(self.writer.spec.shard_row_range(s)[1] - self.writer.spec.shard_row_range(s)[0] for s in todo)
+
+    def _batch_rows(self, windows: list[tuple], b0: int, b1: int, g: int) -> torch.Tensor:
+        """Activations of a batch of windows as (rows, d_model) in the store dtype, checked finite."""
+        token_ids_BT = torch.tensor([w[0] for w in windows], dtype=torch.int64)
+        resid_BTD = self.forward(token_ids_BT)
+        where = f"windows {b0}..{b1 - 1} (group {g}, layer {self.cfg.model.layer}, {self.cfg.model.name})"
+        if not torch.isfinite(resid_BTD).all():
+            raise HarvestError(f"NaN/inf activations in the harvest batch of {where}; "
+                               f"try model.dtype=float32")
+        if self.drop_bos:
+            if not all(w[1][0] == -1 for w in windows):
+                raise HarvestError(f"expected BOS at the start of every window in {where}")
+            resid_BTD = resid_BTD[:, 1:]
+        rows = resid_BTD.reshape(-1, resid_BTD.shape[-1]).to("cpu").to(self.store_dtype)
+        if not torch.isfinite(rows).all():
+            raise HarvestError(f"activations of {where} overflow harvest.store_dtype="
+                               f"{self.cfg.harvest.store_dtype} (max |x| {resid_BTD.abs().max().item():.4g}); "
+                               f"use store_dtype bfloat16 or float32")
+        return rows
