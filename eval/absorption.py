@@ -1,0 +1,210 @@
+"""SAE-Bench's first-letter absorption eval, sized for a CPU.
+
+sae-bench's own ``run_eval`` trains the ground-truth probe on the full vocabulary, runs full forwards
+and keeps its artifacts inside its package folder.  This adapter calls the same lower-level sae-bench
+functions (probe training, k-sparse probing, the absorption calculator, the per-letter aggregation)
+with: a seeded word sample, a forward that stops after the SAE's layer, and the probe plus its LLM
+activations computed once per (model, layer, word sample) under ``run_dir/eval_artifacts`` and
+reused by every SAE of the run.  Metric definitions are sae-bench's.
+"""
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sae_bench.evals.absorption import feature_absorption as fa
+from sae_bench.evals.absorption.common import load_probe, load_probe_data_split
+from sae_bench.evals.absorption.feature_absorption_calculator import FeatureAbsorptionCalculator
+from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
+from sae_bench.evals.absorption.main import _aggregate_results_df
+from sae_bench.evals.absorption.prompting import VERBOSE_FIRST_LETTER_TEMPLATE, first_letter_formatter
+from sae_bench.evals.absorption.vocab import LETTERS, get_alpha_tokens
+from sklearn.metrics import f1_score
+
+from eval.config import EvalConfig
+from eval.runtime import file_lock, stop_after_layer
+
+TEMPLATE = VERBOSE_FIRST_LETTER_TEMPLATE
+SEPARATOR = "\n"
+F1_JUMP_THRESHOLD = 0.03  # sae-bench default: a k-sparse F1 gain this large counts as a feature split
+L1_DECAY = 0.01  # sae-bench default for the k-sparse probes
+MAX_ICL_EXAMPLES = 10  # sae-bench's in-context examples per prompt
+
+
+class AbsorptionNotApplicable(RuntimeError):
+    """The model does not represent enough first letters for sae-bench's absorption rule."""
+
+
+@dataclass(frozen=True)
+class ProbeArtifacts:
+    """The shared ground truth of one (model, layer, word sample): probe, its data and its quality."""
+
+    root: Path
+    probes_dir: Path
+    words: list[str]
+    probe_f1_by_letter: dict[str, float]
+    layer: int
+    token_pos: int
+
+
+class AbsorptionResult(dict):
+    """Summary metrics (sae-bench names) plus per-letter metrics ``letter/<x>/<metric>``."""
+
+
+def artifacts_key(model_name: str, layer: int, cfg: EvalConfig) -> str:
+    sample = "all" if cfg.absorption_word_sample is None else str(cfg.absorption_word_sample)
+    return f"{model_name.replace('/', '--')}_layer{layer}_words{sample}_seed{cfg.word_sample_seed}_{cfg.llm_dtype}"
+
+
+def word_token_pos(tokenizer) -> int:
+    """Position of the word in "{word} has the first letter:", counted from the end.
+
+    sae-bench hard-codes -6, right for tokenizers that keep " has the first letter:" in 5 tokens
+    (Gemma, SmolLM2, Pythia); small tokenizers split it further, so the position is derived."""
+    suffix = TEMPLATE.split("{word}")[1]
+    return -len(tokenizer(suffix, add_special_tokens=False)["input_ids"]) - 1
+
+
+def sample_words(tokenizer, n_words: int | None, seed: int) -> list[str]:
+    """A seeded sample of alphabetic vocabulary tokens whose prompt piece has the standard length.
+
+    A few tokens split into several tokens inside a prompt, which would break sae-bench's
+    equal-length prompts; they are dropped before sampling."""
+    vocab = list(dict.fromkeys(get_alpha_tokens(tokenizer)))  # unique, in vocabulary order
+    formatter = first_letter_formatter()
+    pieces = [SEPARATOR + TEMPLATE.format(word=w) + formatter(w) + SEPARATOR for w in vocab]
+    lengths = [len(ids) for ids in tokenizer(pieces, add_special_tokens=False)["input_ids"]]
+    standard = Counter(lengths).most_common(1)[0][0]
+    usable = sorted(w for w, length in zip(vocab, lengths) if length == standard)
+    rng = random.Random(seed)
+    if n_words is not None and n_words < len(usable):
+        return rng.sample(usable, n_words)
+    return rng.sample(usable, len(usable))
+
+
+def _probe_f1(model, layer: int, probes_dir: Path) -> dict[str, float]:
+    """Per-letter F1 of the ground-truth probe on its test split, as sae-bench computes ``f1_probe``."""
+    probe = load_probe(model.cfg.model_name, layer, probes_dir, torch.float32, "cpu")
+    acts_ND, labelled = load_probe_data_split(model, layer, "test", probes_dir, torch.float32, "cpu")
+    with torch.no_grad():
+        scores_NL = probe(acts_ND).float().numpy()
+    answers_N = np.array([label for _, label in labelled])
+    return {letter: float(f1_score(answers_N == i, scores_NL[:, i] > 0.0, zero_division=0.0))
+            for i, letter in enumerate(LETTERS)}
+
+
+def ensure_probe(model, layer: int, run_dir: Path, cfg: EvalConfig) -> ProbeArtifacts:
+    """Train (once per run) sae-bench's 26-way first-letter probe on a word sample at ``layer``."""
+    from sae_bench.evals.absorption.common import create_and_train_probe
+
+    root = Path(run_dir) / "eval_artifacts" / "absorption" / artifacts_key(model.cfg.model_name, layer, cfg)
+    probes_dir = root / "probes"
+    probe_file = probes_dir / model.cfg.model_name / f"layer_{layer}" / "probe.pth"
+    token_pos = word_token_pos(model.tokenizer)
+    words_file = root / "words.json"
+    f1_file = root / "probe_f1.json"
+    with file_lock(root / ".lock"):
+        if not (probe_file.is_file() and words_file.is_file() and f1_file.is_file()):
+            words = sample_words(model.tokenizer, cfg.absorption_word_sample, cfg.word_sample_seed)
+            # sae-bench draws the train/test split and in-context examples from Python's global RNG.
+            random.seed(cfg.word_sample_seed)
+            torch.manual_seed(cfg.word_sample_seed)
+            with stop_after_layer(model, layer):
+                create_and_train_probe(
+                    model=model, formatter=first_letter_formatter(), hook_point=f"blocks.{layer}.hook_resid_post",
+                    probes_dir=probes_dir, vocab=words, batch_size=cfg.llm_batch_size, num_epochs=50, lr=1e-2,
+                    device=torch.device("cpu"), base_template=TEMPLATE, pos_idx=token_pos)
+            f1_by_letter = _probe_f1(model, layer, probes_dir)
+            words_file.write_text(json.dumps(words))
+            f1_file.write_text(json.dumps(f1_by_letter, indent=1))
+        words = json.loads(words_file.read_text())
+        f1_by_letter = json.loads(f1_file.read_text())
+    return ProbeArtifacts(root=root, probes_dir=probes_dir, words=words, probe_f1_by_letter=f1_by_letter,
+                          layer=layer, token_pos=token_pos)
+
+
+def check_letters(probe: ProbeArtifacts, cfg: EvalConfig, model_name: str) -> list[str]:
+    """The letters whose probe passes; raises when fewer than sae-bench's minimum pass."""
+    passing = [l for l, f1 in probe.probe_f1_by_letter.items() if f1 > cfg.absorption_min_probe_f1]
+    if len(passing) < cfg.absorption_min_letters:
+        weak = ", ".join(f"{l}={f1:.2f}" for l, f1 in sorted(probe.probe_f1_by_letter.items(), key=lambda t: t[1])[:6])
+        raise AbsorptionNotApplicable(
+            f"only {len(passing)} of 26 letters have first-letter probe F1 > {cfg.absorption_min_probe_f1} "
+            f"at layer {probe.layer} of {model_name} with {len(probe.words)} words (sae-bench needs "
+            f">= {cfg.absorption_min_letters}; weakest: {weak}); try a larger eval.absorption_word_sample "
+            f"or another layer")
+    return passing
+
+
+def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, cfg: EvalConfig) -> tuple[AbsorptionResult, list[dict]]:
+    """sae-bench absorption metrics for one SAE against the shared probe artifacts.
+
+    Returns the metrics and the per-letter table (one dict per letter with sae-bench's columns)."""
+    layer = probe.layer
+    passing = set(check_letters(probe, cfg, model.cfg.model_name))
+    n_train = int(len(probe.words) * 0.8)
+    precalc = n_train * sae.cfg.d_sae * 4 < 2 * 1024**3  # SAE codes of the train words fit in memory
+    with stop_after_layer(model, layer):
+        metrics_df = run_k_sparse_probing_experiment(
+            model=model, sae=sae, layer=layer, sae_name=sae_name, max_k_value=cfg.absorption_max_k,
+            prompt_template=TEMPLATE, prompt_token_pos=probe.token_pos, device=str(sae.device),
+            experiment_dir=probe.root / "k_sparse_probing", probes_dir=probe.probes_dir, force=True,
+            f1_jump_threshold=F1_JUMP_THRESHOLD, k_sparse_probe_l1_decay=L1_DECAY,
+            k_sparse_probe_num_epochs=cfg.absorption_probe_epochs, precalc_k_sparse_probe_sae_acts=precalc,
+            verbose=False)
+        # In-context examples come from the word sample (sae-bench would use the whole vocabulary,
+        # whose odd tokens break its equal-length prompts); seeded so every SAE sees the same prompts.
+        random.seed(cfg.word_sample_seed + 1)
+        calculator = FeatureAbsorptionCalculator(
+            model=model, icl_word_list=probe.words, max_icl_examples=MAX_ICL_EXAMPLES, base_template=TEMPLATE,
+            answer_formatter=first_letter_formatter(), word_token_pos=probe.token_pos,
+            full_absorption_probe_cos_sim_threshold=fa.FULL_ABSORPTION_PROBE_COS_THRESHOLD,
+            absorption_fraction_probe_cos_sim_threshold=fa.ABSORPTION_FRACTION_PROBE_COS_THRESHOLD,
+            probe_projection_proportion_threshold=fa.ABSORPTION_PROBE_PROJECTION_PROPORTION_THRESHOLD,
+            absorption_fraction_max_absorbing_latents=fa.ABSORPTION_FRACTION_MAX_ABSORBING_LATENTS,
+            batch_size=cfg.llm_batch_size)
+        raw_df = fa.load_and_run_calculate_projections_and_cos_sims(
+            model, sae, calculator, metrics_df, sae_name=sae_name, layer=layer, probes_dir=probe.probes_dir,
+            sparse_probing_task_output_dir=probe.root / "k_sparse_probing" / sae_name, device=str(sae.device))
+    if raw_df.empty:
+        raise RuntimeError("the ground-truth probe fired on no test word: nothing to measure absorption on")
+    agg_df = _aggregate_results_df(raw_df).set_index("letter")
+    f1_probe = metrics_df.set_index("letter")["f1_probe"]
+    letters: list[dict] = []
+    for letter in LETTERS:
+        row = agg_df.loc[letter] if letter in agg_df.index else None
+        letters.append({
+            "letter": letter,
+            "probe_f1": float(f1_probe[letter]),
+            "included": bool(f1_probe[letter] > cfg.absorption_min_probe_f1 and row is not None),
+            "absorption_fraction": float(row["mean_absorption_fraction"]) if row is not None else float("nan"),
+            "full_absorption_rate": float(row["full_absorption_rate"]) if row is not None else float("nan"),
+            "num_split_features": int(row["num_split_feats"]) if row is not None else 0,
+            "num_probe_true_positives": float(row["num_probe_true_positives"]) if row is not None else 0.0,
+        })
+    used = [r for r in letters if r["included"]]
+    if len(used) < 2:
+        raise RuntimeError(f"only {len(used)} letters produced absorption results (passing probes: {sorted(passing)})")
+    fractions = [r["absorption_fraction"] for r in used]
+    full = [r["full_absorption_rate"] for r in used]
+    splits = [r["num_split_features"] for r in used]
+    result = AbsorptionResult(
+        mean_absorption_fraction_score=statistics.mean(fractions),
+        mean_full_absorption_score=statistics.mean(full),
+        mean_num_split_features=statistics.mean(splits),
+        std_dev_absorption_fraction_score=statistics.stdev(fractions),
+        std_dev_full_absorption_score=statistics.stdev(full),
+        std_dev_num_split_features=statistics.stdev(splits),
+        n_letters_evaluated=len(used),
+        n_words=len(probe.words),
+    )
+    for r in letters:
+        for key in ("absorption_fraction", "full_absorption_rate", "num_split_features", "probe_f1"):
+            result[f"letter/{r['letter']}/{key}"] = r[key]
+    return result, letters
