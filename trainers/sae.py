@@ -38,11 +38,40 @@ class StepOutput(NamedTuple):
     """Dense codes for dense architectures (ReLU)."""
 
 
+class _SparseDecode(torch.autograd.Function):
+    """sum_n values_n W_dec[latents_n] into row rows_n. Forward is a fused embedding_bag; the
+    backward is written out because autograd's embedding_bag backward sorts and is ~20x slower
+    on CPU. Memory stays O(chunk * D): no B x M or nnz x D intermediate."""
+
+    @staticmethod
+    def forward(ctx, rows_N, latents_N, values_N, W_dec_MD, batch_size: int):
+        offsets_B = torch.searchsorted(rows_N, torch.arange(batch_size, device=rows_N.device))
+        ctx.save_for_backward(rows_N, latents_N, values_N, W_dec_MD)
+        ctx.batch_size = batch_size
+        return F.embedding_bag(latents_N, W_dec_MD, offsets_B, mode="sum", per_sample_weights=values_N)
+
+    @staticmethod
+    def backward(ctx, grad_BD):
+        rows_N, latents_N, values_N, W_dec_MD = ctx.saved_tensors
+        grad_BD = grad_BD.contiguous()
+        grad_values = grad_W = None
+        if ctx.needs_input_grad[2]:
+            grad_values = torch.cat([(W_dec_MD[latents_N[s:s + _CHUNK]] * grad_BD[rows_N[s:s + _CHUNK]]).sum(1)
+                                     for s in range(0, latents_N.numel(), _CHUNK)]) \
+                if latents_N.numel() else values_N.new_zeros(0)
+        if ctx.needs_input_grad[3]:
+            a_MB = torch.sparse_coo_tensor(torch.stack([latents_N, rows_N]), values_N.detach(),
+                                           (W_dec_MD.shape[0], ctx.batch_size), check_invariants=False)
+            grad_W = torch.sparse.mm(a_MB, grad_BD.to(values_N.dtype)).to(W_dec_MD.dtype)
+        return None, None, grad_values, grad_W, None
+
+
+_CHUNK = 8192
+
+
 def sparse_decode(codes: SparseCodes, W_dec_MD: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """sum_n values_n W_dec[latents_n] into row rows_n, without a B x M or nnz x D intermediate."""
-    offsets_B = torch.searchsorted(codes.rows_N, torch.arange(batch_size, device=codes.rows_N.device))
-    return F.embedding_bag(codes.latents_N, W_dec_MD, offsets_B, mode="sum",
-                           per_sample_weights=codes.values_N.to(W_dec_MD.dtype))
+    """Decode COO codes without the decoder bias."""
+    return _SparseDecode.apply(codes.rows_N, codes.latents_N, codes.values_N.to(W_dec_MD.dtype), W_dec_MD, batch_size)
 
 
 def row_topk_codes(post_BM: torch.Tensor, k: int) -> SparseCodes:
@@ -69,7 +98,9 @@ class SparseAutoencoder(nn.Module):
 
     # ---- shared pieces ----------------------------------------------------------------------
     def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
-        return (x_BD - self.b_dec) @ self.W_enc + self.b_enc
+        # Equal to (x - b_dec) @ W_enc + b_enc, but b_dec's gradient then costs a vector-matrix
+        # product instead of a third B x M x D matmul.
+        return x_BD @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
 
     def decode(self, acts_BM: torch.Tensor) -> torch.Tensor:
         return acts_BM @ self.W_dec + self.b_dec
@@ -114,15 +145,16 @@ def auxk_loss(model: SparseAutoencoder, post_BM: torch.Tensor, x_BD: torch.Tenso
               dead_M: torch.Tensor, k_aux: int) -> torch.Tensor:
     """AuxK (Gao et al.): the top dead latents reconstruct the residual error, normalised by its
     variance, so dead latents get gradient toward what the live ones miss."""
-    n_dead = int(dead_M.sum())
-    if n_dead == 0:
+    dead_L = torch.nonzero(dead_M).squeeze(1)
+    if dead_L.numel() == 0:
         return x_BD.new_zeros(())
-    k = min(k_aux, n_dead)
-    dead_post_BM = torch.where(dead_M[None, :], post_BM, torch.full_like(post_BM, float("-inf")))
-    codes = row_topk_codes(dead_post_BM, k)
-    codes = codes._replace(values_N=codes.values_N.clamp_min(0.0))
+    # Dense over the dead subset only: k_aux (d_in / 2) is large, so a per-entry sparse decode
+    # would cost more than this (B x L x D with L = number of dead latents).
+    dead_post_BL = post_BM[:, dead_L]
+    vals_BK, idx_BK = dead_post_BL.topk(min(k_aux, dead_L.numel()), dim=1, sorted=False)
+    aux_acts_BL = torch.zeros_like(dead_post_BL).scatter(1, idx_BK, vals_BK.clamp_min(0.0))
+    aux_recon_BD = aux_acts_BL @ model.W_dec[dead_L]
     residual_BD = (x_BD - recon_BD).detach()
-    aux_recon_BD = sparse_decode(codes, model.W_dec, x_BD.shape[0])
     err = (residual_BD - aux_recon_BD).pow(2).sum(1).mean()
     scale = (residual_BD - residual_BD.mean(0)).pow(2).sum(1).mean().clamp_min(1e-12)
     return err / scale

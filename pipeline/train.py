@@ -1,0 +1,60 @@
+"""Train stage: every (trainer, seed) of the config into ``run_dir/saes/<trainer>_s<seed>/``.
+
+Idempotent: an SAE whose ``sae_meta.json`` exists is complete and skipped; an interrupted one
+resumes from its newest checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import RunConfig
+from trainers.config import TRAINERS
+from trainers.data import ActivationSource
+from trainers.export import ModelInfo
+from trainers.loop import train_sae
+
+COMPLETE_MARKER = "sae_meta.json"
+
+
+def sae_name(trainer: str, seed: int) -> str:
+    return f"{trainer}_s{seed}"
+
+
+def planned_saes(cfg: RunConfig, trainer: str | None = None, seed: int | None = None) -> list[tuple[str, int]]:
+    if trainer is not None and trainer not in TRAINERS:
+        raise ValueError(f"unknown trainer {trainer!r} (allowed: {', '.join(TRAINERS)})")
+    trainers = [trainer] if trainer is not None else list(cfg.train.trainers)
+    seeds = [seed] if seed is not None else list(cfg.train.seeds)
+    return [(t, s) for t in trainers for s in seeds]
+
+
+def model_info(cfg: RunConfig) -> ModelInfo:
+    return ModelInfo(model_name=cfg.model.name, model_source=cfg.model.source, layer=cfg.model.layer,
+                     hook_name=cfg.model.hook,
+                     extra_metadata={"context_size": cfg.corpus.context_length,
+                                     "dataset_path": cfg.corpus.source})
+
+
+def open_activations(run_dir: Path) -> ActivationSource:
+    from cache_tools import open_store
+
+    cache_dir = run_dir / "cache"
+    if not cache_dir.exists():
+        raise FileNotFoundError(f"no activation cache at {cache_dir}: run the harvest stage first")
+    return open_store(cache_dir)
+
+
+def train(cfg: RunConfig, run_dir: str | Path, trainer: str | None = None, seed: int | None = None, *,
+          source: ActivationSource | None = None, progress: bool = True) -> list[Path]:
+    """Train the SAEs not yet complete on disk; return the folders of all requested SAEs.
+    ``source`` replaces the run's activation cache (benchmarks and tests feed tensors)."""
+    run_dir = Path(run_dir)
+    plan = planned_saes(cfg, trainer, seed)
+    out_dirs = [run_dir / "saes" / sae_name(t, s) for t, s in plan]
+    todo = [(t, s, d) for (t, s), d in zip(plan, out_dirs) if not (d / COMPLETE_MARKER).exists()]
+    if todo:
+        source = source if source is not None else open_activations(run_dir)
+        info = model_info(cfg)
+        for t, s, out_dir in todo:
+            train_sae(source, cfg.train, t, s, out_dir, info, progress=progress)
+    return out_dirs
