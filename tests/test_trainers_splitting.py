@@ -1,0 +1,105 @@
+"""FC-guided splitting and dead-latent resampling: the latent surgery and its bookkeeping."""
+from __future__ import annotations
+
+import torch
+
+from trainers.resampling import resample_dead
+from trainers.splitting import SPLIT_COLUMNS, fc_split, select_candidates, select_slots
+from trainers.topk import TopKSAE
+from trainers.relu_l1 import ReluL1SAE
+from trainers.tracker import FrequencyConsistencyTracker
+
+D, M = 16, 8
+
+
+def planted_inputs(gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    basis_DD, _ = torch.linalg.qr(torch.randn(D, D, generator=gen))
+    d1, d2 = basis_DD[:, 0], basis_DD[:, 1]
+    which_N1 = (torch.arange(n) % 2 == 0).float()[:, None]
+    scale_N1 = 1 + 0.2 * torch.rand(n, 1, generator=gen)
+    x_ND = scale_N1 * (which_N1 * d1 + (1 - which_N1) * d2) + 0.03 * torch.randn(n, D, generator=gen)
+    return x_ND, d1, d2
+
+
+
+
+def test_planted_two_direction_latent_is_split_and_moments_cleared():
+    gen = torch.Generator().manual_seed(0)
+    x_ND, d1, d2 = planted_inputs(torch.Generator().manual_seed(5), 512)
+    model = TopKSAE(D, M, k=1, generator=gen)
+    with torch.no_grad():
+        model.b_dec.zero_()
+        model.b_enc.fill_(-0.5)
+        model.b_enc[0] = 0.0
+        mixed = (d1 + d2) / (d1 + d2).norm()
+        model.W_dec[0] = mixed
+        model.W_enc[:, 0] = mixed * 2
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    out = model.training_step(x_ND, torch.zeros(M, dtype=torch.bool))
+    out.loss.backward()
+    optimizer.step()
+    assert bool((model.encode(x_ND)[:, 0] > 0).all()), "latent 0 must fire on both planted directions"
+    for state in optimizer.state.values():  # as after a long run: every moment non-zero
+        state["exp_avg"].fill_(0.5)
+        state["exp_avg_sq"].fill_(0.25)
+
+    tracker = FrequencyConsistencyTracker(M, D, beta=0.9)
+    for x_BD in x_ND.split(64):
+        tracker.update(x_BD, model.encode(x_BD), model.b_dec.data)
+    assert int(tracker.absorption_score.argmax()) == 0
+
+    result = fc_split(model, optimizer, tracker, x_ND, model.b_dec.data, step=7, z=1.0,
+                      max_split_frac=1 / M, dead_freq=1e-5, min_rows=8)
+    assert len(result.rows) == 1
+    row = result.rows[0]
+    assert set(row) == set(SPLIT_COLUMNS) and row["step"] == 7 and row["latent"] == 0 and row["slot"] != 0
+    slot = row["slot"]
+    new_dirs = model.W_dec.data[[0, slot]]
+    cos = (new_dirs @ torch.stack([d1, d2]).T).abs()
+    assert max(min(cos[0, 0], cos[1, 1]), min(cos[0, 1], cos[1, 0])) > 0.9, cos
+    assert abs(row["cosine"]) < 0.2
+    enc_dirs = model.W_enc.data[:, [0, slot]].T
+    torch.testing.assert_close(enc_dirs / enc_dirs.norm(dim=1, keepdim=True), new_dirs)
+    assert model.b_enc.data[slot] == 0.0
+
+    touched = [0, slot]
+    untouched = [i for i in range(M) if i not in touched]
+    for moment in ("exp_avg", "exp_avg_sq"):
+        assert bool((optimizer.state[model.W_dec][moment][touched] == 0).all())
+        assert bool((optimizer.state[model.W_enc][moment][:, touched] == 0).all())
+        assert bool((optimizer.state[model.b_enc][moment][touched] == 0).all())
+        assert bool((optimizer.state[model.W_dec][moment][untouched] != 0).all())
+        assert bool((optimizer.state[model.W_enc][moment][:, untouched] != 0).all())
+        assert bool((optimizer.state[model.b_dec][moment] != 0).all())
+    assert bool((tracker.frequency[touched] == 0).all()) and bool((tracker.consistency[touched] == 1).all())
+    # after the split each half fires on one direction only
+    codes_N = model.encode(x_ND).argmax(1)
+    assert set(codes_N[::2].tolist()) != set(codes_N[1::2].tolist())
+
+
+def test_candidates_and_slots_order():
+    score = torch.tensor([0.0, 0.9, 0.1, 0.8, 0.0, 0.0, 0.05, 0.0])
+    assert select_candidates(score, z=1.0, max_count=5).tolist() == [1, 3]
+    assert select_candidates(score, z=1.0, max_count=1).tolist() == [1]
+    assert select_candidates(torch.zeros(8), z=1.0, max_count=3).numel() == 0
+    freq = torch.tensor([0.5, 0.0, 0.2, 0.0, 0.1, 0.3, 0.0, 0.4])
+    assert select_slots(freq, 3, torch.tensor([1])).tolist() == [3, 6, 4]
+
+
+def test_resampling_reinitialises_only_dead_latents():
+    gen = torch.Generator().manual_seed(1)
+    model = ReluL1SAE(D, M, l1_coeff=1.0, generator=gen)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x_ND = torch.randn(256, D, generator=gen)
+    model.training_step(x_ND, torch.zeros(M, dtype=torch.bool)).loss.backward()
+    optimizer.step()
+    before = model.W_dec.data.clone()
+    dead = torch.zeros(M, dtype=torch.bool)
+    dead[[2, 5]] = True
+    ids = resample_dead(model, optimizer, None, x_ND, dead, torch.Generator().manual_seed(0))
+    assert ids.tolist() == [2, 5]
+    assert not torch.allclose(model.W_dec.data[[2, 5]], before[[2, 5]])
+    torch.testing.assert_close(model.W_dec.data[~dead], before[~dead])
+    torch.testing.assert_close(model.W_dec.data[[2, 5]].norm(dim=1), torch.ones(2))
+    assert bool((optimizer.state[model.W_enc]["exp_avg"][:, [2, 5]] == 0).all())
+    assert bool((model.b_enc.data[[2, 5]] == 0).all())

@@ -1,0 +1,140 @@
+"""FrequencyConsistencyTracker against a plain per-latent reference implementation of the formulas."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainers.tracker import FrequencyConsistencyTracker
+
+B, M, D, K, STEPS, BETA = 10, 12, 5, 3, 4, 0.9
+
+
+class ReferenceTracker:
+    """The SPEC formulas written out latent by latent and row by row."""
+
+    def __init__(self, mode: str, tau: float):
+        self.mode, self.tau = mode, tau
+        self.f = [0.0] * M
+        self.n = [0.0] * M
+        self.s = [[0.0] * D for _ in range(M)]
+        self.q = [0.0] * M
+
+    def update(self, x, a, center):
+        for i in range(M):
+            active = [abs(float(a[b][i])) > self.tau for b in range(B)]
+            cnt = sum(active)
+            self.f[i] = BETA * self.f[i] + (1 - BETA) * cnt / B
+            self.n[i] = BETA * self.n[i] + (1 - BETA) * cnt
+            for j in range(D):
+                total = 0.0
+                for b in range(B):
+                    if not active[b]:
+                        continue
+                    if self.mode == "direction":
+                        diff = [float(x[b][t]) - float(center[t]) for t in range(D)]
+                        norm = math.sqrt(sum(v * v for v in diff))
+                        total += diff[j] / norm
+                    else:
+                        total += float(x[b][j])
+                self.s[i][j] = BETA * self.s[i][j] + (1 - BETA) * total
+            if self.mode == "seed":
+                sq = sum(sum(float(x[b][t]) ** 2 for t in range(D)) for b in range(B) if abs(float(a[b][i])) > self.tau)
+                self.q[i] = BETA * self.q[i] + (1 - BETA) * sq
+
+    def consistency(self):
+        out = []
+        for i in range(M):
+            if self.n[i] == 0:
+                out.append(1.0)
+                continue
+            mean = [v / self.n[i] for v in self.s[i]]
+            if self.mode == "direction":
+                out.append(sum(v * v for v in mean))
+            else:
+                var = self.q[i] / self.n[i] - sum(v * v for v in mean)
+                out.append(1.0 / (1.0 + var / D))
+        return out
+
+
+def topk_codes(gen):
+    pre = torch.randn(B, M, generator=gen)
+    vals, idx = pre.relu().topk(K, dim=1)
+    vals[0, 0] = 0.0  # a selected-but-zero entry must not count as active
+    dense = torch.zeros(B, M).scatter_(1, idx, vals)
+    dense[:, M - 1] = 0.0  # one latent never fires: no evidence, c = 1
+    keep = idx != M - 1
+    return dense, idx, vals * keep
+
+
+@pytest.mark.parametrize("mode", ["direction", "seed"])
+@pytest.mark.parametrize("codes", ["dense", "sparse"])
+def test_tracker_matches_reference_loop(mode, codes):
+    gen = torch.Generator().manual_seed(0)
+    tau = 0.0 if codes == "sparse" else 0.3
+    tracker = FrequencyConsistencyTracker(M, D, beta=BETA, tau_act=tau, mode=mode)
+    ref = ReferenceTracker(mode, tau)
+    for _ in range(STEPS):
+        x = torch.randn(B, D, generator=gen) * 2 + 1
+        center = torch.randn(D, generator=gen) * 0.1
+        if codes == "dense":
+            a = torch.randn(B, M, generator=gen) * (torch.rand(B, M, generator=gen) > 0.5)
+            a[:, M - 1] = 0.0
+            step = tracker.update(x, a, center)
+        else:
+            a, idx, vals = topk_codes(gen)
+            step = tracker.update(x, None, center, active_idx_BK=idx, active_val_BK=vals)
+        ref.update(x.tolist(), a.tolist(), center.tolist())
+        assert step.fires_M.tolist() == [(a[:, i].abs() > tau).sum().item() for i in range(M)]
+    torch.testing.assert_close(tracker.frequency, torch.tensor(ref.f), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(tracker.consistency, torch.tensor(ref.consistency()), atol=1e-5, rtol=1e-4)
+    expected_s = torch.tensor(ref.f) * (1 - torch.tensor(ref.consistency()))
+    torch.testing.assert_close(tracker.absorption_score, expected_s, atol=1e-6, rtol=1e-4)
+    assert tracker.consistency[M - 1] == 1.0 and tracker.absorption_score[M - 1] == 0.0
+    c = tracker.consistency
+    assert bool(((c >= 0) & (c <= 1)).all())
+
+
+def test_sparse_and_dense_paths_agree_and_coo_rows_work():
+    gen = torch.Generator().manual_seed(3)
+    dense_t = FrequencyConsistencyTracker(M, D, beta=BETA)
+    sparse_t = FrequencyConsistencyTracker(M, D, beta=BETA)
+    for _ in range(3):
+        x = torch.randn(B, D, generator=gen)
+        a, idx, vals = topk_codes(gen)
+        dense_t.update(x, a)
+        rows = torch.arange(B).repeat_interleave(K)
+        sparse_t.update_sparse(x, rows, idx.reshape(-1), vals.reshape(-1))
+    torch.testing.assert_close(dense_t.consistency, sparse_t.consistency)
+    torch.testing.assert_close(dense_t.frequency, sparse_t.frequency)
+
+
+def test_consistency_is_one_for_a_single_direction_and_low_for_random_ones():
+    tracker = FrequencyConsistencyTracker(2, 16, beta=0.5)
+    gen = torch.Generator().manual_seed(1)
+    direction = torch.randn(16, generator=gen)
+    for _ in range(5):
+        x_BD = torch.cat([direction * (torch.rand(8, 1, generator=gen) + 0.5), torch.randn(8, 16, generator=gen)])
+        acts = torch.zeros(16, 2)
+        acts[:8, 0] = 1.0
+        acts[8:, 1] = 1.0
+        tracker.update(x_BD, acts)
+    c = tracker.consistency
+    assert c[0] > 0.999 and c[1] < 0.5
+
+
+def test_reset_and_state_roundtrip_and_projection_memory():
+    gen = torch.Generator().manual_seed(2)
+    tracker = FrequencyConsistencyTracker(M, D, beta=BETA, mode="seed", projection_dim=3)
+    x = torch.randn(B, D, generator=gen)
+    a, idx, vals = topk_codes(gen)
+    tracker.update(x, a)
+    clone = FrequencyConsistencyTracker(M, D, beta=BETA, mode="seed", projection_dim=3, projection_seed=9)
+    clone.load_state_dict(tracker.state_dict())
+    torch.testing.assert_close(clone.consistency, tracker.consistency)
+    fired = int(idx[1, 0])
+    tracker.reset([fired])
+    assert tracker.frequency[fired] == 0 and tracker.consistency[fired] == 1 and tracker.absorption_score[fired] == 0
+    assert clone.frequency[fired] > 0
+    assert tracker.extra_bytes == 4 * (M + M + M * 3 + M + D * 3)
