@@ -61,9 +61,13 @@ def harvest_groups_dask(cfg: RunConfig, root: Path, groups: list[int], *, client
                   disable=not progress, dynamic_ncols=True) as bar:
             pending = futures
             while pending:
-                done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
+                try:
+                    done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
+                except TimeoutError:  # nothing finished within the poll interval
+                    done = set()
                 for fut in done:
                     fut.result()  # re-raises a worker's error here
+                pending = list(pending)
                 bar.n = min(total_rows, sum(r.rows for r in manifest.load().values()) - before)
                 bar.refresh()
     finally:
