@@ -159,7 +159,7 @@ class TrainConfig:
                                resample_every=2500, dead_after_tokens=10_000_000,
                                checkpoint_every=5000, snapshot_every=500, log_every=50)
         if name == "tiny":
-            return TrainConfig(d_sae=256, k=8, n_tokens=32768, batch_size=256, seeds=[0],
+            return TrainConfig(d_sae=256, k=8, n_tokens=32768, batch_size=256, seeds=[0], lr=5e-3,
                                resample_every=16, max_split_frac=0.02, reservoir_rows=2048,
                                dead_after_tokens=4096, checkpoint_every=64, snapshot_every=8,
                                log_every=4, norm_rows=4096)
