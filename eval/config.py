@@ -53,7 +53,7 @@ class EvalConfig:
     core_sparsity_batches: int = 2
     """Batches for the sparsity, variance and shrinkage metrics of core eval."""
     sae_probes_datasets: list[str] = field(
-        default_factory=lambda: ["111_glue_cola", "113_movie_sent", "6_hist_fig_isamerican"])
+        default_factory=lambda: ["119_us_state_TX", "5_hist_fig_ismale", "113_movie_sent"])
     """sae-probes datasets (shipped in the sae-probes package) for ``sparse_probing_sae_probes``."""
     sae_probes_ks: list[int] = field(default_factory=lambda: [1, 2, 5])
     """Numbers of SAE latents each sae-probes probe may use."""
@@ -100,8 +100,8 @@ class EvalConfig:
                               core_reconstruction_batches=20, core_sparsity_batches=20)
         if name == "tiny":
             return EvalConfig(absorption_word_sample=1000, absorption_probe_epochs=5, absorption_max_k=3,
-                              core_n_docs=64, core_context_length=32, core_batch_size_prompts=4,
+                              llm_batch_size=64, core_n_docs=64, core_context_length=32, core_batch_size_prompts=4,
                               core_reconstruction_batches=2, core_sparsity_batches=2,
-                              sae_probes_datasets=["6_hist_fig_isamerican"], sae_probes_ks=[1, 2],
+                              sae_probes_datasets=["119_us_state_TX"], sae_probes_ks=[1, 2],
                               sae_probes_max_seq_len=64, sae_probes_llm_baseline=False)
         raise EvalConfigError(f"no eval preset {name!r} (available: demo, pythia70m, tiny)")

@@ -1,0 +1,134 @@
+"""The evaluate stage on the tiny model with the real sae-bench code (evaluated once per session)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from eval.results import COLUMNS, load, print_table
+from tests.eval_helpers import EVALS, SAE_SPECS, evaluated_run, tiny_config
+
+ABSORPTION_METRICS = {"mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features"}
+
+
+@pytest.fixture(scope="module")
+def run_dir():
+    return evaluated_run()
+
+
+@pytest.fixture(scope="module")
+def table(run_dir):
+    return load(run_dir)
+
+
+def test_table_has_the_contract_columns_and_one_task_file_per_sae_and_eval(run_dir, table):
+    assert list(table.columns) == list(COLUMNS)
+    for name, *_ in SAE_SPECS:
+        for ev in EVALS:
+            assert (run_dir / "eval" / name / f"{ev}.json").is_file()
+    assert set(zip(table["sae"], table["eval"])) == {(n, e) for n, *_ in SAE_SPECS for e in EVALS}
+
+
+def test_absorption_rows_use_sae_bench_metric_names_and_keep_every_letter(table):
+    ok = table[(table["eval"] == "absorption")]
+    assert (ok["status"] == "ok").all(), ok[["sae", "error"]].drop_duplicates()
+    for name, *_ in SAE_SPECS:
+        rows = ok[ok["sae"] == name].set_index("metric")["value"]
+        assert ABSORPTION_METRICS <= set(rows.index)
+        assert 0.0 <= rows["mean_absorption_fraction_score"] <= 1.0
+        assert 0.0 <= rows["mean_full_absorption_score"] <= 1.0
+        assert rows["mean_num_split_features"] >= 1.0
+        assert rows["n_letters_evaluated"] >= 20  # sae-bench's rule passed on the tiny model
+        letters = [m for m in rows.index if m.startswith("letter/") and m.endswith("/probe_f1")]
+        assert len(letters) == 26
+
+
+def test_absorption_probe_is_shared_and_k_sparse_probes_are_per_sae(run_dir):
+    roots = list((run_dir / "eval_artifacts" / "absorption").iterdir())
+    assert len(roots) == 1  # one (model, layer, word sample) for the whole run
+    probes = list(roots[0].glob("probes/**/probe.pth"))
+    assert len(probes) == 1
+    per_sae = sorted(p.name for p in (roots[0] / "k_sparse_probing").iterdir())
+    assert per_sae == sorted(n for n, *_ in SAE_SPECS)
+    words = json.loads((roots[0] / "words.json").read_text())
+    assert len(words) == tiny_config().eval.absorption_word_sample == len(set(words))
+
+
+def test_core_rows_hold_reconstruction_and_sparsity(table):
+    core = table[table["eval"] == "core"]
+    assert (core["status"] == "ok").all(), core[["sae", "error"]].drop_duplicates()
+    for name, *_ in SAE_SPECS:
+        rows = core[core["sae"] == name].set_index("metric")["value"]
+        assert rows["l0"] == pytest.approx(8.0)  # k of the TopK SAEs
+        assert {"explained_variance", "mse", "cossim", "kl_div_score", "ce_loss_score"} <= set(rows.index)
+        assert -1.0 <= rows["cossim"] <= 1.0
+
+
+def test_sae_probes_rows(table):
+    rows = table[table["eval"] == "sparse_probing_sae_probes"]
+    assert (rows["status"] == "ok").all(), rows[["sae", "error"]].drop_duplicates()
+    acc = rows[rows["metric"] == "sae_top_1_test_accuracy"]["value"]
+    assert len(acc) == len(SAE_SPECS) and acc.between(0.0, 1.0).all()
+
+
+def test_hub_eval_is_skipped_with_its_reason(table):
+    scr = table[table["eval"] == "scr"]
+    assert (scr["status"] == "skipped").all() and len(scr) == len(SAE_SPECS)
+    assert scr["error"].str.contains("Hub").all()
+
+
+def test_rows_carry_the_sae_metadata(table):
+    fc = table[table["sae"] == "fc_topk_s0"]
+    assert set(fc["trainer"]) == {"fc_topk"} and set(fc["seed"]) == {0}
+    assert set(fc["d_sae"]) == {128} and set(fc["k"]) == {8} and set(fc["layer"]) == {tiny_config().model.layer}
+    assert set(fc["run"]) == {"run"}
+    json.loads(fc["eval_config"].iloc[0])
+
+
+def test_rerun_skips_finished_tasks(run_dir):
+    from pipeline.evaluate import evaluate
+
+    before = {p: p.stat().st_mtime_ns for p in (run_dir / "eval").glob("*/absorption.json")}
+    evaluate(tiny_config(), run_dir, evals=["absorption"])
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_forced_failure_leaves_other_rows_and_a_failed_row(run_dir, tmp_path):
+    from pipeline.config import apply_overrides
+    from pipeline.evaluate import aggregate, run_eval_task
+
+    cfg = apply_overrides(tiny_config(), ['eval.sae_probes_datasets=["no_such_dataset"]'])
+    run_eval_task(cfg, run_dir, "topk_s1", "sparse_probing_sae_probes")
+    aggregate(cfg, run_dir)
+    table = load(run_dir)
+    failed = table[(table["sae"] == "topk_s1") & (table["eval"] == "sparse_probing_sae_probes")]
+    assert len(failed) == 1 and failed["status"].iloc[0] == "failed"
+    assert "no_such_dataset" in failed["error"].iloc[0]
+    others = table[(table["sae"] != "topk_s1") | (table["eval"] != "sparse_probing_sae_probes")]
+    assert (others[others["eval"] != "scr"]["status"] == "ok").all()
+    assert set(others[others["sae"] == "topk_s1"]["eval"]) == {"absorption", "core", "scr"}
+    # Restore the good rows for the tests that follow.
+    run_eval_task(tiny_config(), run_dir, "topk_s1", "sparse_probing_sae_probes", force=True)
+    aggregate(tiny_config(), run_dir)
+
+
+def test_results_table_prints_trainer_by_metric(run_dir, capsys):
+    text = print_table(run_dir)
+    assert "fc_topk" in text and "topk" in text
+    assert "mean_absorption_fraction_score" in text and "(n=2)" in text  # two topk seeds
+    assert "scr: skipped" in text
+    assert "letter/" not in text
+    assert capsys.readouterr().out.strip() == text.strip()
+
+
+def test_bad_requests_raise_one_clear_error(run_dir):
+    from eval.config import EvalConfigError
+    from pipeline.evaluate import evaluate
+
+    with pytest.raises(FileNotFoundError, match="no finished SAE 'nope'"):
+        evaluate(tiny_config(), run_dir, saes=["nope"])
+    with pytest.raises(EvalConfigError, match="unknown eval 'bogus'"):
+        evaluate(tiny_config(), run_dir, evals=["bogus"])
+    with pytest.raises(FileNotFoundError, match="no trained SAEs"):
+        evaluate(tiny_config(), run_dir / "empty")
