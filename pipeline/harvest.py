@@ -14,10 +14,10 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -128,39 +128,58 @@ def _store_attrs(cfg: RunConfig, plan: HarvestPlan, tokenizer) -> dict:
 
 # ---- the stage ------------------------------------------------------------------------------
 
+class PreparedHarvest(NamedTuple):
+    """An opened store and the work still to do in it."""
+
+    root: Path
+    writer: StoreWriter
+    plan: HarvestPlan
+    tokenizer: object
+    groups: list[int]
+    """Groups that still miss at least one shard."""
+    rows_to_compute: int
+    """Rows those groups produce (finished shards inside them are recomputed but not rewritten)."""
+
+
+def prepare_harvest(cfg: RunConfig, run_dir: str | Path) -> PreparedHarvest:
+    """Create or reopen ``run_dir/cache``, clear leftovers of an interrupted run, list what is left."""
+    from pipeline.models import load_tokenizer
+
+    root = Path(run_dir) / CACHE_DIR
+    tokenizer = load_tokenizer(cfg.model.name, source=cfg.model.source)
+    plan = make_plan(cfg, tokenizer)
+    spec = StoreSpec(n_rows=plan.n_rows, d_model=_d_model(cfg), shard_rows=cfg.harvest.shard_rows,
+                     chunk_rows=cfg.harvest.chunk_rows, acts_dtype=cfg.harvest.store_dtype)
+    try:
+        writer = StoreWriter.create_or_open(root, spec, _store_attrs(cfg, plan, tokenizer), content_identity(cfg))
+    except StoreError as e:
+        raise HarvestError(str(e)) from None
+    writer.remove_leftovers()
+    groups = sorted({plan.group_of(s) for s in writer.missing_shards()})
+    rows = sum(plan.group_rows(g)[1] - plan.group_rows(g)[0] for g in groups)
+    return PreparedHarvest(root, writer, plan, tokenizer, groups, rows)
+
+
 def harvest(cfg: RunConfig, run_dir: str | Path, *, client=None, progress: bool = True) -> Path:
     """Fill ``run_dir/cache`` with the activations ``cfg`` describes and return its path.
 
     ``client``: an existing ``dask.distributed.Client`` to spread the work over; otherwise
     ``harvest.n_workers > 1`` starts a LocalCluster of that many worker processes.
     """
-    from pipeline.models import load_tokenizer
-
     root = Path(run_dir) / CACHE_DIR
-    identity = content_identity(cfg)
-    if _existing_store_state(root, identity):
+    if _existing_store_state(root, content_identity(cfg)):
         return root
-    tokenizer = load_tokenizer(cfg.model.name, source=cfg.model.source)
-    plan = make_plan(cfg, tokenizer)
-    spec = StoreSpec(n_rows=plan.n_rows, d_model=_d_model(cfg), shard_rows=cfg.harvest.shard_rows,
-                     chunk_rows=cfg.harvest.chunk_rows, acts_dtype=cfg.harvest.store_dtype)
-    try:
-        writer = StoreWriter.create_or_open(root, spec, _store_attrs(cfg, plan, tokenizer), identity)
-    except StoreError as e:
-        raise HarvestError(str(e)) from None
-    writer.remove_leftovers()
-    missing = set(writer.missing_shards())
-    groups = sorted({plan.group_of(s) for s in missing})
-    total = sum(plan.group_rows(g)[1] - plan.group_rows(g)[0] for g in groups)
+    prep = prepare_harvest(cfg, run_dir)
     if client is not None or cfg.harvest.n_workers > 1:
         from pipeline.harvest_dask import harvest_groups_dask
 
-        harvest_groups_dask(cfg, root, groups, client=client, total_rows=total, progress=progress)
+        harvest_groups_dask(cfg, root, prep.groups, client=client, total_rows=prep.rows_to_compute,
+                            progress=progress)
     else:
-        with GroupHarvester(cfg, root, tokenizer=tokenizer) as worker:
-            worker.run(groups, progress=progress, total_rows=total)
-    if not writer.is_complete():
-        raise HarvestError(f"harvest finished but {root} still misses shards {writer.missing_shards()[:8]}")
+        with GroupHarvester(cfg, root, tokenizer=prep.tokenizer) as worker:
+            worker.run(prep.groups, progress=progress, total_rows=prep.rows_to_compute)
+    if not prep.writer.is_complete():
+        raise HarvestError(f"harvest finished but {root} still misses shards {prep.writer.missing_shards()[:8]}")
     return root
 
 
@@ -226,6 +245,9 @@ class GroupHarvester:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.forward.close()
 
     def run(self, groups: list[int], *, progress: bool = True, total_rows: int | None = None) -> int:

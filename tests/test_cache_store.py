@@ -15,7 +15,7 @@ from cache_tools.cli import main as fc_cache
 from cache_tools.layout import ACTS, ARRAYS, MANIFEST_NAME, TMP_DIR_NAME, shard_path
 from cache_tools.manifest import Manifest
 from cache_tools.shard_format import EMPTY, read_index
-from cache_tools.verify import repair_store, verify_store
+from cache_tools.verify import verify_store
 
 N, D, SHARD, CHUNK = 10_000, 16, 4096, 1024  # 3 shards, the last one partial
 ZERO_ROWS = slice(5000, 6200)  # covers the whole inner chunk 5120..6143 of shard 1
