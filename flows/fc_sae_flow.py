@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
     update_progress_artifact
@@ -111,15 +113,19 @@ def fc_sae(preset: str = "demo", run_dir: str = "runs/demo", stages: str = "full
 
 
 def _publish_results(run: Path) -> None:
-    from eval.results import load, pivot
+    """The results as Prefect artifacts: trainer x metric (mean, std, n over seeds) and problems."""
+    from eval.results import load, problems, summary_metrics
 
     df = load(run)
-    table = pivot(df).reset_index()
-    create_table_artifact(table=table.round(4).astype(str).to_dict(orient="records"), key="fc-sae-results",
-                          description=f"trainer x metric (mean over seeds) for {run.name}")
-    failed = df[df["status"] != "ok"][["sae", "eval", "status", "error"]].drop_duplicates()
-    if len(failed):
+    stats = summary_metrics(df).groupby(["eval", "metric", "trainer"])["value"].agg(["mean", "std", "count"])
+    records = [{"eval": e, "metric": m, "trainer": t, "mean": f"{r['mean']:.5g}",
+                "std": "" if pd.isna(r["std"]) else f"{r['std']:.3g}", "n_seeds": str(int(r["count"]))}
+               for (e, m, t), r in stats.iterrows()]
+    create_table_artifact(table=records, key="fc-sae-results",
+                          description=f"trainer x metric over seeds for {run.name}")
+    bad = problems(df).drop_duplicates()
+    if len(bad):
         lines = ["| sae | eval | status | error |", "|---|---|---|---|"]
-        lines += [f"| {r.sae} | {r.eval} | {r.status} | {str(r.error)[:200]} |" for r in failed.itertuples()]
+        lines += [f"| {r.sae} | {r.eval} | {r.status} | {str(r.error)[:200]} |" for r in bad.itertuples()]
         create_markdown_artifact(markdown="\n".join(lines), key="fc-sae-eval-problems",
                                  description="evals that failed or were skipped")
