@@ -142,6 +142,16 @@ def _check_finite(step: int, name: str, t: torch.Tensor) -> None:
         raise TrainingDivergedError(f"step {step}: {name} contains inf/NaN; training stopped, nothing saved")
 
 
+@torch.no_grad()
+def _check_parameters(step: int, model: SparseAutoencoder) -> None:
+    # One reduction per tensor (inf/NaN survive a sum); the per-tensor search runs only on failure.
+    if bool(torch.isfinite(torch.stack([p.data.sum() for p in model.parameters()])).all()):
+        return
+    for name, param in model.named_parameters():
+        _check_finite(step, f"parameter {name}", param.data)
+    raise TrainingDivergedError(f"step {step}: parameter sum overflowed; training stopped, nothing saved")
+
+
 def _log_row(run: _Run, out: StepOutput, x_BD: torch.Tensor, l0: float, lr: float) -> dict[str, Any]:
     with torch.no_grad():
         err = (x_BD - out.recon_BD.float()).pow(2).sum()
@@ -269,8 +279,7 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: in
             run.optimizer.step()
             run.model.normalise_decoder()
             run.model.after_step(out)
-            for name, param in run.model.named_parameters():
-                _check_finite(step, f"parameter {name}", param.data)
+            _check_parameters(step, run.model)
 
             center_D = run.model.b_dec.data
             if out.sparse is not None:

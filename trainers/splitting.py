@@ -41,12 +41,21 @@ def select_slots(frequency_M: torch.Tensor, n: int, exclude: torch.Tensor) -> to
     return freq_M.argsort(stable=True)[:n]
 
 
+def first_principal_direction(centred_ND: torch.Tensor, iters: int = 30) -> torch.Tensor:
+    """Power iteration on C^T C without forming it: O(iters * N * D), versus a full SVD."""
+    gen = torch.Generator().manual_seed(0)
+    v_D = torch.randn(centred_ND.shape[1], generator=gen).to(centred_ND)
+    for _ in range(iters):
+        v_D = centred_ND.T @ (centred_ND @ v_D)
+        v_D = v_D / v_D.norm().clamp_min(1e-30)
+    return v_D
+
+
 def two_direction_patterns(u_ND: torch.Tensor, iters: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Spherical 2-means on unit rows; returns the two unit centroids and labels, or None when
     the rows do not form two non-empty groups."""
     centred_ND = u_ND - u_ND.mean(0)
-    _, _, vh_DD = torch.linalg.svd(centred_ND, full_matrices=False)
-    labels_N = (centred_ND @ vh_DD[0]) > 0
+    labels_N = (centred_ND @ first_principal_direction(centred_ND)) > 0
     for _ in range(iters):
         if labels_N.all() or not labels_N.any():
             return None
