@@ -54,7 +54,10 @@ class ProbeArtifacts:
 
 
 class AbsorptionResult(dict):
-    """Summary metrics (sae-bench names) plus per-letter metrics ``letter/<x>/<metric>``."""
+    """Summary metrics (sae-bench names) plus per-letter metrics ``letter/<x>/<metric>``;
+    ``prompt_forwards`` counts the prompts this SAE had to run through the model (0 when shared)."""
+
+    prompt_forwards: int = 0
 
 
 def artifacts_key(model_name: str, layer: int, cfg: EvalConfig) -> str:
@@ -142,6 +145,46 @@ def check_letters(probe: ProbeArtifacts, cfg: EvalConfig, model_name: str) -> li
     return passing
 
 
+class SharedPromptActivations:
+    """Residual activations at the word position of absorption prompts, computed once per run.
+
+    The absorption calculator builds the same prompts for every SAE (same words, seeded in-context
+    examples), so the model forward is shared: missing prompts are run (stopping after ``layer``),
+    known ones are served from ``path``.  Served batches have shape (B, -token_pos, d) holding each
+    prompt's activation at ``token_pos``, the only position the calculator reads."""
+
+    def __init__(self, model, layer: int, token_pos: int, path: Path):
+        self.model, self.layer, self.token_pos, self.path = model, layer, token_pos, path
+        self.hook = f"blocks.{layer}.hook_resid_post"
+        self.acts: dict[str, torch.Tensor] = torch.load(path) if path.is_file() else {}
+        self.added = 0
+
+    def run_with_cache(self, prompts: list[str], names_filter=None):
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.acts]
+        if missing:
+            with stop_after_layer(self.model, self.layer):
+                _, cache = self.model.run_with_cache(missing, names_filter=[self.hook])
+            acts_BD = cache[self.hook][:, self.token_pos, :].cpu().clone()  # not a view of (B, T, d)
+            self.acts.update(zip(missing, acts_BD))
+            self.added += len(missing)
+        acts_BD = torch.stack([self.acts[p] for p in prompts])
+        out_BPD = acts_BD.new_zeros(len(prompts), -self.token_pos, acts_BD.shape[-1])
+        out_BPD[:, self.token_pos] = acts_BD
+        return None, {self.hook: out_BPD}
+
+    def to_tokens(self, *args, **kwargs):
+        return self.model.to_tokens(*args, **kwargs)
+
+    def __getattr__(self, name):  # tokenizer, cfg, ...: the real model's
+        return getattr(self.model, name)
+
+    def save(self) -> None:
+        if self.added:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            torch.save(self.acts, tmp)
+            tmp.replace(self.path)
+
+
 def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, cfg: EvalConfig) -> tuple[AbsorptionResult, list[dict]]:
     """sae-bench absorption metrics for one SAE against the shared probe artifacts.
 
@@ -158,11 +201,14 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, cfg: EvalCo
             f1_jump_threshold=F1_JUMP_THRESHOLD, k_sparse_probe_l1_decay=L1_DECAY,
             k_sparse_probe_num_epochs=cfg.absorption_probe_epochs, precalc_k_sparse_probe_sae_acts=precalc,
             verbose=False)
-        # In-context examples come from the word sample (sae-bench would use the whole vocabulary,
-        # whose odd tokens break its equal-length prompts); seeded so every SAE sees the same prompts.
-        random.seed(cfg.word_sample_seed + 1)
+    # In-context examples come from the word sample (sae-bench would use the whole vocabulary, whose
+    # odd tokens break its equal-length prompts); seeded so every SAE sees the same prompts and the
+    # prompt activations are shared.
+    random.seed(cfg.word_sample_seed + 1)
+    with file_lock(probe.root / ".prompts.lock"):
+        prompt_model = SharedPromptActivations(model, layer, probe.token_pos, probe.root / "prompt_acts.pt")
         calculator = FeatureAbsorptionCalculator(
-            model=model, icl_word_list=probe.words, max_icl_examples=MAX_ICL_EXAMPLES, base_template=TEMPLATE,
+            model=prompt_model, icl_word_list=probe.words, max_icl_examples=MAX_ICL_EXAMPLES, base_template=TEMPLATE,
             answer_formatter=first_letter_formatter(), word_token_pos=probe.token_pos,
             full_absorption_probe_cos_sim_threshold=fa.FULL_ABSORPTION_PROBE_COS_THRESHOLD,
             absorption_fraction_probe_cos_sim_threshold=fa.ABSORPTION_FRACTION_PROBE_COS_THRESHOLD,
@@ -170,8 +216,9 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, cfg: EvalCo
             absorption_fraction_max_absorbing_latents=fa.ABSORPTION_FRACTION_MAX_ABSORBING_LATENTS,
             batch_size=cfg.llm_batch_size)
         raw_df = fa.load_and_run_calculate_projections_and_cos_sims(
-            model, sae, calculator, metrics_df, sae_name=sae_name, layer=layer, probes_dir=probe.probes_dir,
+            prompt_model, sae, calculator, metrics_df, sae_name=sae_name, layer=layer, probes_dir=probe.probes_dir,
             sparse_probing_task_output_dir=probe.root / "k_sparse_probing" / sae_name, device=str(sae.device))
+        prompt_model.save()
     if raw_df.empty:
         raise RuntimeError("the ground-truth probe fired on no test word: nothing to measure absorption on")
     agg_df = _aggregate_results_df(raw_df).set_index("letter")
@@ -207,4 +254,5 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, cfg: EvalCo
     for r in letters:
         for key in ("absorption_fraction", "full_absorption_rate", "num_split_features", "probe_f1"):
             result[f"letter/{r['letter']}/{key}"] = r[key]
+    result.prompt_forwards = prompt_model.added
     return result, letters

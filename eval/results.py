@@ -11,11 +11,12 @@ import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pandas as pd
 
-from eval.sae import SAEMeta
+if TYPE_CHECKING:  # the table code stays free of torch/sae-bench imports (fast CLI, light writers)
+    from eval.sae import SAEMeta
 
 RESULTS_FILE = "results.parquet"
 COLUMNS = ("run", "sae", "trainer", "seed", "model", "layer", "hook", "d_sae", "k", "l0_target",
@@ -33,7 +34,7 @@ def task_path(run_dir: Path, sae: str, eval_name: str) -> Path:
     return Path(run_dir) / "eval" / sae / f"{eval_name}.json"
 
 
-def make_rows(run_dir: Path, meta: SAEMeta, eval_name: str, metrics: dict[str, float], *,
+def make_rows(run_dir: Path, meta: "SAEMeta", eval_name: str, metrics: dict[str, float], *,
               status: str = "ok", error: str = "", eval_config: dict[str, Any] | None = None
               ) -> list[dict[str, Any]]:
     """Rows of the long table for one task: one per metric, or a single row for failed/skipped."""

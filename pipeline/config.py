@@ -239,7 +239,7 @@ def _demo() -> RunConfig:
         preset="demo",
         model=ModelConfig(name="google/gemma-3-270m", layer=5, dtype="bfloat16"),
         corpus=CorpusConfig(source="wiki-offline", context_length=128, seed=0),
-        harvest=HarvestConfig(n_tokens=1_048_576, batch_size=32, shard_rows=65536, chunk_rows=16384),
+        harvest=HarvestConfig(n_tokens=524_288, batch_size=32, shard_rows=65536, chunk_rows=16384),
         train=TrainConfig.preset("demo"),
         eval=EvalConfig.preset("demo"),
     )

@@ -62,7 +62,8 @@ def _compute(eval_name: str, cfg: RunConfig, run_dir: Path, sae_folder: Path, me
         sae = load_sae(sae_folder, device=device)  # float32: the probe and upcast activations are float32
         probe = ensure_probe(model, meta.layer, run_dir, ecfg)
         metrics, letters = run_absorption(model, sae, meta.name, probe, ecfg)
-        return dict(metrics), {"letters": letters, "token_pos": probe.token_pos, "n_words": len(probe.words)}
+        return dict(metrics), {"letters": letters, "token_pos": probe.token_pos, "n_words": len(probe.words),
+                               "prompt_forwards": metrics.prompt_forwards}
     if eval_name == "core":
         from eval.core import ensure_text_dataset, run_core
 

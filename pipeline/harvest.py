@@ -10,6 +10,8 @@ the groups that still miss shards. A complete store with the same configuration 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
@@ -169,6 +171,24 @@ def harvest(cfg: RunConfig, run_dir: str | Path, *, client=None, progress: bool 
     root = Path(run_dir) / CACHE_DIR
     if _existing_store_state(root, content_identity(cfg)):
         return root
+    with _exclusive_harvest_lock(Path(run_dir)):
+        return _harvest_locked(cfg, run_dir, root, client=client, progress=progress)
+
+
+@contextlib.contextmanager
+def _exclusive_harvest_lock(run_dir: Path):
+    """One coordinating harvest per store: a second one would delete the first one's temp files.
+    The lock dies with its process, so a killed harvest never blocks the next one."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".harvest.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HarvestError(f"another harvest is already writing {run_dir / CACHE_DIR}") from None
+        yield
+
+
+def _harvest_locked(cfg: RunConfig, run_dir: str | Path, root: Path, *, client, progress: bool) -> Path:
     prep = prepare_harvest(cfg, run_dir)
     if client is not None or cfg.harvest.n_workers > 1:
         from pipeline.harvest_dask import harvest_groups_dask
@@ -308,7 +328,7 @@ class GroupHarvester:
         where = f"windows {b0}..{b1 - 1} (group {g}, layer {self.cfg.model.layer}, {self.cfg.model.name})"
         if not torch.isfinite(resid_BTD).all():
             raise HarvestError(f"NaN/inf activations in the harvest batch of {where}; "
-                               f"try model.dtype=float32")
+                               f"model.dtype is {self.cfg.model.dtype} (float32 is the most robust)")
         if self.drop_bos:
             if not all(w[1][0] == -1 for w in windows):
                 raise HarvestError(f"expected BOS at the start of every window in {where}")

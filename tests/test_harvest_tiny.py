@@ -194,3 +194,25 @@ def test_truncated_forward_never_runs_the_layers_above(tiny_model_dir):
     torch.testing.assert_close(out, full)
     with pytest.raises(ValueError, match="out of range"):
         TruncatedForward(model, 2)
+
+
+def test_float16_overflow_is_refused_naming_the_store_dtype(tiny_model_dir, tmp_path):
+    from pipeline.harvest import prepare_harvest
+
+    cfg = small_cfg("harvest.store_dtype=float16")
+    prep = prepare_harvest(cfg, tmp_path)
+    with GroupHarvester(cfg, prep.root, tokenizer=prep.tokenizer) as worker:
+        with torch.no_grad():  # residual norms far beyond float16's 65504
+            worker.forward.model.gpt_neox.embed_in.weight.mul_(1e6)
+        with pytest.raises(HarvestError, match="overflow harvest.store_dtype=float16"):
+            worker.run([0], progress=False)
+    assert prep.writer.committed() == {}
+
+
+def test_a_second_concurrent_harvest_is_refused(tmp_path):
+    import fcntl
+
+    with open(tmp_path / ".harvest.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(HarvestError, match="another harvest is already writing"):
+            harvest(small_cfg(), tmp_path, progress=False)

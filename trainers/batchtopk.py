@@ -43,7 +43,8 @@ class BatchTopKSAE(SparseAutoencoder):
         codes = batch_topk_codes(post_BM, self.k)
         loss, recon_BD = self.reconstruction_loss(codes, x_BD)
         mse = (recon_BD - x_BD).pow(2).sum(1).mean()
-        aux = self.auxk_alpha * auxk_loss(self, post_BM, x_BD, recon_BD, dead_M, self.auxk_k) \
+        dead_L = torch.nonzero(dead_M).squeeze(1)
+        aux = self.auxk_alpha * auxk_loss(self, post_BM[:, dead_L], dead_L, x_BD, recon_BD, self.auxk_k) \
             if self.auxk_alpha > 0 else mse.new_zeros(())
         return StepOutput(loss + aux, mse.detach(), aux, recon_BD, codes, None)
 

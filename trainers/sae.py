@@ -113,10 +113,14 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
 
     # ---- shared pieces ----------------------------------------------------------------------
+    def effective_bias(self) -> torch.Tensor:
+        """b_enc - b_dec @ W_enc: folding b_dec into a bias makes its gradient a vector-matrix
+        product instead of another B x M x D matmul."""
+        return self.b_enc - self.b_dec @ self.W_enc
+
     def pre_acts(self, x_BD: torch.Tensor) -> torch.Tensor:
-        # Equal to (x - b_dec) @ W_enc + b_enc, but b_dec's gradient then costs a vector-matrix
-        # product instead of a third B x M x D matmul.
-        return x_BD @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
+        """(x - b_dec) @ W_enc + b_enc."""
+        return torch.addmm(self.effective_bias(), x_BD, self.W_enc)
 
     def decode(self, acts_BM: torch.Tensor) -> torch.Tensor:
         return acts_BM @ self.W_dec + self.b_dec
@@ -157,18 +161,16 @@ class SparseAutoencoder(nn.Module):
         return {name: t.detach().float().cpu().contiguous() for name, t in out.items()}
 
 
-def auxk_loss(model: SparseAutoencoder, post_BM: torch.Tensor, x_BD: torch.Tensor, recon_BD: torch.Tensor,
-              dead_M: torch.Tensor, k_aux: int) -> torch.Tensor:
+def auxk_loss(model: SparseAutoencoder, dead_pre_BL: torch.Tensor, dead_L: torch.Tensor, x_BD: torch.Tensor,
+              recon_BD: torch.Tensor, k_aux: int) -> torch.Tensor:
     """AuxK (Gao et al.): the top dead latents reconstruct the residual error, normalised by its
-    variance, so dead latents get gradient toward what the live ones miss."""
-    dead_L = torch.nonzero(dead_M).squeeze(1)
+    variance, so dead latents get gradient toward what the live ones miss. Dense over the dead
+    subset only (B x L x D): k_aux (d_in / 2) is too large for a per-entry sparse decode."""
     if dead_L.numel() == 0:
         return x_BD.new_zeros(())
-    # Dense over the dead subset only: k_aux (d_in / 2) is large, so a per-entry sparse decode
-    # would cost more than this (B x L x D with L = number of dead latents).
-    dead_post_BL = post_BM[:, dead_L]
+    dead_post_BL = dead_pre_BL.relu()
     vals_BK, idx_BK = dead_post_BL.topk(min(k_aux, dead_L.numel()), dim=1, sorted=False)
-    aux_acts_BL = torch.zeros_like(dead_post_BL).scatter(1, idx_BK, vals_BK.clamp_min(0.0))
+    aux_acts_BL = torch.zeros_like(dead_post_BL).scatter(1, idx_BK, vals_BK)
     aux_recon_BD = aux_acts_BL @ model.W_dec[dead_L]
     residual_BD = (x_BD - recon_BD).detach()
     err = (residual_BD - aux_recon_BD).pow(2).sum(1).mean()

@@ -3,7 +3,40 @@ from __future__ import annotations
 
 import torch
 
-from trainers.sae import SparseAutoencoder, StepOutput, auxk_loss, row_topk_codes, sparse_decode
+from trainers.sae import SparseAutoencoder, SparseCodes, StepOutput, auxk_loss, sparse_decode
+
+
+class _TopKEncode(torch.autograd.Function):
+    """relu(top-k of x @ W_enc + bias) per row. Only k entries per row get gradient, so the
+    backward is a sparse product (O(B k D)) instead of autograd's dense B x M gradient and
+    B x M x D matmul."""
+
+    @staticmethod
+    def forward(ctx, x_BD, W_enc_DM, bias_M, k: int):
+        pre_BM = torch.addmm(bias_M, x_BD, W_enc_DM)
+        vals_BK, idx_BK = pre_BM.topk(k, dim=1, sorted=False)
+        vals_BK = vals_BK.clamp_min(0.0)
+        ctx.save_for_backward(x_BD, W_enc_DM, idx_BK, vals_BK)
+        ctx.mark_non_differentiable(idx_BK)
+        return vals_BK, idx_BK
+
+    @staticmethod
+    def backward(ctx, grad_vals_BK, _grad_idx):
+        x_BD, W_enc_DM, idx_BK, vals_BK = ctx.saved_tensors
+        b, k = idx_BK.shape
+        m = W_enc_DM.shape[1]
+        g_N = (grad_vals_BK * (vals_BK > 0)).reshape(-1)
+        rows_N = torch.arange(b, device=x_BD.device).repeat_interleave(k)
+        lat_N = idx_BK.reshape(-1)
+        g_MB = torch.sparse_coo_tensor(torch.stack([lat_N, rows_N]), g_N, (m, b), check_invariants=False)
+        grad_x = grad_W = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.sparse.mm(g_MB.t(), W_enc_DM.T.contiguous())
+        if ctx.needs_input_grad[1]:
+            grad_W = torch.sparse.mm(g_MB, x_BD).T.contiguous()
+        if ctx.needs_input_grad[2]:
+            grad_bias = torch.zeros(m, device=g_N.device, dtype=g_N.dtype).index_add_(0, lat_N, g_N)
+        return grad_x, grad_W, grad_bias, None
 
 
 class TopKSAE(SparseAutoencoder):
@@ -22,10 +55,16 @@ class TopKSAE(SparseAutoencoder):
         return torch.zeros_like(post_BM).scatter_(1, idx_BK, vals_BK)
 
     def training_step(self, x_BD: torch.Tensor, dead_M: torch.Tensor) -> StepOutput:
-        post_BM = self.pre_acts(x_BD).relu()
-        codes = row_topk_codes(post_BM, self.k)
-        recon_BD = sparse_decode(codes, self.W_dec, x_BD.shape[0]) + self.b_dec
+        bias_M = self.effective_bias()
+        vals_BK, idx_BK = _TopKEncode.apply(x_BD, self.W_enc, bias_M, self.k)
+        b = x_BD.shape[0]
+        rows_N = torch.arange(b, device=x_BD.device).repeat_interleave(self.k)
+        codes = SparseCodes(rows_N, idx_BK.reshape(-1), vals_BK.reshape(-1))
+        recon_BD = sparse_decode(codes, self.W_dec, b) + self.b_dec
         mse = (recon_BD - x_BD).pow(2).sum(1).mean()
-        aux = self.auxk_alpha * auxk_loss(self, post_BM, x_BD, recon_BD, dead_M, self.auxk_k) \
-            if self.auxk_alpha > 0 else mse.new_zeros(())
+        aux = mse.new_zeros(())
+        if self.auxk_alpha > 0 and bool(dead_M.any()):
+            dead_L = torch.nonzero(dead_M).squeeze(1)
+            dead_pre_BL = torch.addmm(bias_M[dead_L], x_BD, self.W_enc[:, dead_L])
+            aux = self.auxk_alpha * auxk_loss(self, dead_pre_BL, dead_L, x_BD, recon_BD, self.auxk_k)
         return StepOutput(mse + aux, mse, aux, recon_BD, codes, None)
