@@ -1,0 +1,170 @@
+"""Analysis plots of a run, each drawn from the results table or the SAEs' training artifacts.
+
+Every function writes one PNG and returns its path, or None when the run has no data for it (e.g.
+a baseline trainer records no splits); the report says which plots are missing and why.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from eval.results import summary_metrics  # noqa: E402
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def last_fc_snapshot(sae_dir: Path) -> pd.DataFrame | None:
+    """The last tracker snapshot (latent, frequency, consistency, absorption_score) of an SAE."""
+    path = sae_dir / "fc_history.parquet"
+    if not path.is_file():
+        return None
+    hist = pd.read_parquet(path, columns=["step", "latent", "frequency", "consistency", "absorption_score"])
+    if hist.empty:
+        return None
+    return hist[hist["step"] == hist["step"].max()]
+
+
+def fc_scatter(sae_dirs: list[Path], out: Path) -> Path | None:
+    """Frequency vs consistency per latent (last snapshot), one panel per SAE, with contours of the
+    absorption score s = f * (1 - c)."""
+    snaps = [(d.name, s) for d in sae_dirs if (s := last_fc_snapshot(d)) is not None]
+    if not snaps:
+        return None
+    cols = min(3, len(snaps))
+    rows = -(-len(snaps) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    f_max = max(float(s["frequency"].max()) for _, s in snaps) * 1.05 or 1.0
+    f_grid, c_grid = np.meshgrid(np.linspace(0, f_max, 200), np.linspace(0, 1, 200))
+    for ax, (name, snap) in zip(axes.flat, snaps):
+        contours = ax.contour(f_grid, c_grid, f_grid * (1 - c_grid), levels=6, colors="grey", linewidths=0.6)
+        ax.clabel(contours, fontsize=6, fmt="s=%.2g")
+        ax.scatter(snap["frequency"], snap["consistency"], s=3, alpha=0.5, c=snap["absorption_score"], cmap="viridis")
+        ax.set(title=f"{name} (step {int(snap['step'].iloc[0])})", xlabel="frequency f", ylabel="consistency c",
+               xlim=(0, f_max), ylim=(0, 1.02))
+    for ax in list(axes.flat)[len(snaps):]:
+        ax.axis("off")
+    return _save(fig, out)
+
+
+def score_histograms(sae_dirs: list[Path], out: Path) -> Path | None:
+    """Histogram of absorption scores s (last snapshot) per SAE, overlaid."""
+    snaps = [(d.name, s) for d in sae_dirs if (s := last_fc_snapshot(d)) is not None]
+    if not snaps:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    top = max(float(s["absorption_score"].max()) for _, s in snaps) or 1.0
+    bins = np.linspace(0, top, 50)
+    for name, snap in snaps:
+        ax.hist(snap["absorption_score"], bins=bins, histtype="step", label=name, log=True)
+    ax.set(xlabel="absorption score s = f (1 - c)", ylabel="latents", title="absorption scores (last snapshot)")
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def split_events(sae_dirs: list[Path], out: Path) -> Path | None:
+    """Cumulative number of FC splits over training steps per SAE."""
+    series = []
+    for d in sae_dirs:
+        path = d / "splits.parquet"
+        if path.is_file():
+            steps = pd.read_parquet(path, columns=["step"])["step"]
+            if not steps.empty:
+                counts = steps.value_counts().sort_index()
+                series.append((d.name, counts.index.to_numpy(), counts.cumsum().to_numpy()))
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, steps, total in series:
+        ax.step(steps, total, where="post", label=name)
+    ax.set(xlabel="training step", ylabel="splits so far", title="split events over training")
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def letter_table(table: pd.DataFrame, metric: str = "absorption_fraction") -> pd.DataFrame:
+    """Per-letter absorption, trainer x letter, mean over seeds (from the results table)."""
+    ok = table[(table["status"] == "ok") & (table["eval"] == "absorption")
+               & table["metric"].str.startswith("letter/") & table["metric"].str.endswith(f"/{metric}")]
+    if ok.empty:
+        return pd.DataFrame()
+    ok = ok.assign(letter=ok["metric"].str.split("/").str[1])
+    return ok.pivot_table(index="trainer", columns="letter", values="value", aggfunc="mean").reindex(
+        columns=list(LETTERS))
+
+
+def absorption_per_letter(table: pd.DataFrame, out: Path) -> Path | None:
+    """Grouped bars: mean absorption fraction per first letter, one bar per trainer (mean over seeds)."""
+    per_letter = letter_table(table)
+    if per_letter.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    width = 0.8 / len(per_letter)
+    x = np.arange(26)
+    for i, (trainer, values) in enumerate(per_letter.iterrows()):
+        ax.bar(x + i * width - 0.4 + width / 2, values.to_numpy(dtype=float), width, label=trainer)
+    ax.set_xticks(x, list(LETTERS))
+    ax.set(ylabel="absorption fraction", title="absorption per first letter (lower is better)")
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def summary_bars(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = (
+        "absorption:mean_absorption_fraction_score", "absorption:mean_full_absorption_score",
+        "core:explained_variance", "core:l0")) -> Path | None:
+    """Headline metrics per trainer: mean over seeds with the seed spread as error bars."""
+    summary = summary_metrics(table)
+    summary = summary.assign(name=summary["eval"] + ":" + summary["metric"])
+    summary = summary[summary["name"].isin(metrics)]
+    if summary.empty:
+        return None
+    stats = summary.groupby(["name", "trainer"])["value"].agg(["mean", "std"]).reset_index()
+    names = [m for m in metrics if m in set(stats["name"])]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        part = stats[stats["name"] == name]
+        ax.bar(part["trainer"], part["mean"], yerr=part["std"].fillna(0.0), capsize=3, color="tab:blue")
+        ax.set_title(name.split(":")[1], fontsize=8)
+        ax.tick_params(axis="x", labelsize=7, rotation=30)
+    return _save(fig, out)
+
+
+def read_train_log(sae_dir: Path) -> pd.DataFrame | None:
+    path = sae_dir / "train_log.jsonl"
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return pd.DataFrame(records) if records else None
+
+
+def training_curves(sae_dirs: list[Path], out: Path) -> Path | None:
+    """Loss, MSE, L0, explained variance and alive fraction over training, one line per SAE."""
+    logs = [(d.name, log) for d in sae_dirs if (log := read_train_log(d)) is not None and "step" in log]
+    if not logs:
+        return None
+    keys = [k for k in ("loss", "mse", "l0", "explained_variance", "frac_alive")
+            if any(k in log for _, log in logs)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for name, log in logs:
+            if key in log:
+                ax.plot(log["step"], log[key], label=name, linewidth=1)
+        ax.set(title=key, xlabel="step")
+        if key in ("loss", "mse"):
+            ax.set_yscale("log")
+    axes.flat[0].legend(fontsize=6)
+    return _save(fig, out)

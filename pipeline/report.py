@@ -1,0 +1,124 @@
+"""Report stage: PNG plots and one HTML page under ``run_dir/report/``.
+
+Every number on the page comes from ``results.parquet`` (the tables) or the SAEs' training artifacts
+(train_log.jsonl, fc_history.parquet, splits.parquet: the plots).  Table cells carry the exact value
+in a ``data-value`` attribute so the page can be checked against the table.
+"""
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from eval import plots
+from eval.results import load, problems, summary_metrics
+from eval.sae import list_sae_folders
+from pipeline.config import RunConfig
+
+PLOTS = (  # (file, title, what it shows)
+    ("summary.png", "Headline metrics", "mean over seeds, error bars: standard deviation over seeds"),
+    ("absorption_per_letter.png", "Absorption per first letter", "sae-bench absorption fraction, mean over seeds"),
+    ("fc_scatter.png", "Frequency vs consistency", "per latent, last tracker snapshot; contours: s = f (1 - c)"),
+    ("score_histograms.png", "Absorption scores", "histogram of s per SAE, last tracker snapshot"),
+    ("split_events.png", "Split events", "cumulative FC splits over training steps"),
+    ("training_curves.png", "Training curves", "from each SAE's train_log.jsonl"),
+)
+
+
+def _cell(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return '<td data-value="nan">-</td>'
+    return f'<td data-value="{float(value)!r}">{float(value):.4g}</td>'
+
+
+def per_sae_table(table: pd.DataFrame) -> pd.DataFrame:
+    """SAE x (eval:metric) of the summary metrics (the page's per-SAE table)."""
+    summary = summary_metrics(table)
+    summary = summary.assign(name=summary["eval"] + ":" + summary["metric"])
+    return summary.pivot_table(index="sae", columns="name", values="value", aggfunc="first")
+
+
+def trainer_table(table: pd.DataFrame) -> pd.DataFrame:
+    """(eval:metric) x trainer: mean, std and seed count over seeds."""
+    summary = summary_metrics(table)
+    summary = summary.assign(name=summary["eval"] + ":" + summary["metric"])
+    return summary.groupby(["name", "trainer"])["value"].agg(["mean", "std", "count"]).unstack("trainer")
+
+
+def _trainer_html(stats: pd.DataFrame) -> str:
+    if stats.empty:
+        return "<p>No successful eval results.</p>"
+    trainers = list(stats["mean"].columns)
+    head = "".join(f"<th>{html.escape(t)} (mean)</th><th>± std</th><th>n</th>" for t in trainers)
+    body = []
+    for name in stats.index:
+        cells = "".join(_cell(stats.loc[name, ("mean", t)]) + _cell(stats.loc[name, ("std", t)])
+                        + f"<td>{int(stats.loc[name, ('count', t)]) if not math.isnan(stats.loc[name, ('count', t)]) else 0}</td>"
+                        for t in trainers)
+        body.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
+    return f'<table id="by-trainer"><tr><th>eval:metric</th>{head}</tr>{"".join(body)}</table>'
+
+
+def _per_sae_html(wide: pd.DataFrame) -> str:
+    if wide.empty:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in wide.columns)
+    body = "".join(f"<tr><th>{html.escape(sae)}</th>{''.join(_cell(v) for v in row)}</tr>"
+                   for sae, row in zip(wide.index, wide.to_numpy()))
+    return f'<div class="wide"><table id="per-sae"><tr><th>sae</th>{head}</tr>{body}</table></div>'
+
+
+def _problems_html(bad: pd.DataFrame) -> str:
+    if bad.empty:
+        return "<p>Every requested eval ran.</p>"
+    rows = "".join(f"<tr><td>{html.escape(r.sae)}</td><td>{html.escape(r.eval)}</td><td>{r.status}</td>"
+                   f"<td>{html.escape(r.error)}</td></tr>" for r in bad.itertuples())
+    return f'<table id="not-evaluated"><tr><th>sae</th><th>eval</th><th>status</th><th>reason</th></tr>{rows}</table>'
+
+
+STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f4f4f4}.wide{overflow-x:auto}
+figure{margin:1em 0}figcaption{font-size:12px;color:#555}"""
+
+
+def report(cfg: RunConfig, run_dir: str | Path) -> Path:
+    """Write the plots and ``report/index.html``; returns the HTML path."""
+    run_dir = Path(run_dir)
+    table = load(run_dir)
+    out = run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    sae_dirs = list_sae_folders(run_dir)
+    made = {
+        "summary.png": plots.summary_bars(table, out / "summary.png"),
+        "absorption_per_letter.png": plots.absorption_per_letter(table, out / "absorption_per_letter.png"),
+        "fc_scatter.png": plots.fc_scatter(sae_dirs, out / "fc_scatter.png"),
+        "score_histograms.png": plots.score_histograms(sae_dirs, out / "score_histograms.png"),
+        "split_events.png": plots.split_events(sae_dirs, out / "split_events.png"),
+        "training_curves.png": plots.training_curves(sae_dirs, out / "training_curves.png"),
+    }
+    figures, missing = [], []
+    for name, title, caption in PLOTS:
+        if made[name] is None:
+            missing.append(f"<li>{html.escape(title)}: no data in this run</li>")
+            continue
+        figures.append(f'<figure><h3>{html.escape(title)}</h3><img src="{name}" alt="{html.escape(title)}">'
+                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    models = ", ".join(sorted(f"{m} layer {l}" for m, l in set(zip(table["model"], table["layer"]))))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>fc-sae report: {html.escape(run_dir.name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>fc-sae report: {html.escape(run_dir.name)}</h1>
+<p>Model: {html.escape(models)}. SAEs: {len(set(table['sae']))}. Lower absorption is better.
+Numbers from <code>results.parquet</code>; plots from the results and the SAEs' training artifacts.</p>
+<h2>By trainer (mean and spread over seeds)</h2>{_trainer_html(trainer_table(table))}
+<h2>Per SAE</h2>{_per_sae_html(per_sae_table(table))}
+<h2>Not evaluated</h2>{_problems_html(problems(table))}
+<h2>Plots</h2>{''.join(figures)}{'<ul>' + ''.join(missing) + '</ul>' if missing else ''}
+</body></html>
+"""
+    path = out / "index.html"
+    tmp = out / ".index.html.tmp"
+    tmp.write_text(page)
+    tmp.replace(path)
+    return path
