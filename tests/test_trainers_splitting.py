@@ -103,3 +103,20 @@ def test_resampling_reinitialises_only_dead_latents():
     torch.testing.assert_close(model.W_dec.data[[2, 5]].norm(dim=1), torch.ones(2))
     assert bool((optimizer.state[model.W_enc]["exp_avg"][:, [2, 5]] == 0).all())
     assert bool((model.b_enc.data[[2, 5]] == 0).all())
+
+
+def test_recently_split_latents_are_neither_candidates_nor_slots():
+    gen = torch.Generator().manual_seed(4)
+    model = TopKSAE(D, M, k=2, generator=gen)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    tracker = FrequencyConsistencyTracker(M, D, beta=0.5)
+    x_ND = torch.randn(1024, D, generator=gen)
+    for x_BD in x_ND.split(128):
+        tracker.update(x_BD, model.encode(x_BD))
+    protected = torch.zeros(M, dtype=torch.bool)
+    protected[int(tracker.absorption_score.argmax())] = True
+    protected[int(tracker.frequency.argmin())] = True
+    result = fc_split(model, optimizer, tracker, x_ND, model.b_dec.data, step=1, z=0.0, max_split_frac=0.5,
+                      dead_freq=1e-5, min_rows=4, protected_M=protected)
+    assert result.rows, "unprotected candidates remain"
+    assert not set(result.touched_ids.tolist()) & set(torch.nonzero(protected).squeeze(1).tolist())

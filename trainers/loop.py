@@ -95,6 +95,7 @@ class _Run:
         self.tracker = FrequencyConsistencyTracker(cfg.d_sae, d_in, beta=t.beta, tau_act=t.tau_act, mode=t.mode,
                                                    projection_dim=t.projection_dim, device=device)
         self.tokens_since_fired_M = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
+        self.split_at_M = torch.full((cfg.d_sae,), -(10**9), dtype=torch.long)
         self.reservoir_RD = torch.zeros(cfg.reservoir_rows, d_in, device=device)
         self.reservoir_filled = 0
         self.resample_gen = torch.Generator().manual_seed(seed + 1)
@@ -108,7 +109,7 @@ class _Run:
         return {"step": self.step, "trainer": self.trainer, "seed": self.seed, "config": _comparable(self.cfg),
                 "norm_scale": self.norm_scale, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict(),
-                "tokens_since_fired": self.tokens_since_fired_M, "reservoir": self.reservoir_RD,
+                "tokens_since_fired": self.tokens_since_fired_M, "split_at": self.split_at_M, "reservoir": self.reservoir_RD,
                 "reservoir_filled": self.reservoir_filled, "resample_gen": self.resample_gen.get_state(),
                 "history": self.history, "splits": self.splits, "n_resampled": self.n_resampled,
                 "recent_l0": list(self.recent_l0),
@@ -124,6 +125,7 @@ class _Run:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.tracker.load_state_dict(ckpt["tracker"])
         self.tokens_since_fired_M = ckpt["tokens_since_fired"].to(self.device)
+        self.split_at_M = ckpt["split_at"]
         self.reservoir_RD = ckpt["reservoir"].to(self.device)
         self.reservoir_filled = ckpt["reservoir_filled"]
         self.resample_gen.set_state(ckpt["resample_gen"])
@@ -214,10 +216,15 @@ def _maintain(run: _Run, x_BD: torch.Tensor) -> None:
         return
     reservoir_RD = run.reservoir_RD[:run.reservoir_filled]
     if run.trainer in SPLITTING_TRAINERS:
+        # Latents touched within the tracker's memory (1 / (1 - beta) steps) have too little
+        # evidence to be judged again, and their low frequency would make them the next slots.
+        horizon = int(round(1.0 / (1.0 - cfg.tracker.beta))) if cfg.tracker.beta > 0 else 1
         result = fc_split(run.model, run.optimizer, run.tracker, reservoir_RD, run.model.b_dec.data.detach(),
                           step=step, z=cfg.split_z, max_split_frac=cfg.max_split_frac,
-                          dead_freq=cfg.dead_freq, min_rows=cfg.split_min_rows)
+                          dead_freq=cfg.dead_freq, min_rows=cfg.split_min_rows,
+                          protected_M=step - run.split_at_M < horizon)
         run.splits.extend(result.rows)
+        run.split_at_M[result.touched_ids.cpu()] = step
         run.tokens_since_fired_M[result.touched_ids.to(run.device)] = 0
     elif run.trainer in RESAMPLING_TRAINERS:
         dead_M = run.tokens_since_fired_M >= cfg.dead_after_tokens

@@ -38,6 +38,7 @@ def select_slots(frequency_M: torch.Tensor, n: int, exclude: torch.Tensor) -> to
     """The n least frequent latents outside ``exclude``: dead ones come first by construction."""
     freq_M = frequency_M.clone()
     freq_M[exclude] = float("inf")
+    n = min(n, int(torch.isfinite(freq_M).sum()))
     return freq_M.argsort(stable=True)[:n]
 
 
@@ -83,8 +84,12 @@ def active_rows_of(model: SparseAutoencoder, inputs_RD: torch.Tensor, latent_ids
 @torch.no_grad()
 def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker: FrequencyConsistencyTracker,
              reservoir_RD: torch.Tensor, center_D: torch.Tensor, *, step: int, z: float, max_split_frac: float,
-             dead_freq: float, min_rows: int) -> SplitResult:
+             dead_freq: float, min_rows: int, protected_M: torch.Tensor | None = None) -> SplitResult:
+    """One split event. ``protected_M`` marks latents split so recently that their tracker
+    statistics have not recovered; they are neither candidates nor slots."""
     score_M, freq_M, cons_M = tracker.absorption_score, tracker.frequency, tracker.consistency
+    if protected_M is not None:
+        score_M = torch.where(protected_M.to(score_M.device), torch.zeros_like(score_M), score_M)
     empty = SplitResult([], torch.empty(0, dtype=torch.long))
     cands_C = select_candidates(score_M, z, max(1, int(max_split_frac * model.d_sae)))
     if cands_C.numel() == 0:
@@ -110,7 +115,13 @@ def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker
     if not kept:
         return empty
     kept_L = torch.tensor(kept, dtype=torch.long)
-    slots_L = select_slots(freq_M.cpu(), len(kept), kept_L)
+    exclude = kept_L if protected_M is None else torch.cat([kept_L, torch.nonzero(protected_M.cpu()).squeeze(1)])
+    slots_L = select_slots(freq_M.cpu(), len(kept), exclude)
+    if len(slots_L) < len(kept):  # fewer free latents than candidates: split the best ones only
+        kept, keep_dirs, other_dirs, cosines = (v[:len(slots_L)] for v in (kept, keep_dirs, other_dirs, cosines))
+        kept_L = kept_L[:len(slots_L)]
+        if not kept:
+            return empty
     enc_norm = mean_encoder_norm(model, freq_M > dead_freq)
     ids_L = torch.cat([kept_L, slots_L])
     dirs_LD = torch.stack(keep_dirs + other_dirs)
