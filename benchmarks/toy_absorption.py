@@ -108,7 +108,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=409_600)
     ap.add_argument("--rows", type=int, default=131_072)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny matrices: 1 avoids sync costs)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     print(f"toy: d={args.d}, {args.parents} parents x {args.children} children, {args.independent} independent; "
           f"SAE width {args.width}, k {args.k}, {args.tokens} training tokens; seeds {args.seeds}")

@@ -33,7 +33,7 @@ from trainers.tracker import FrequencyConsistencyTracker
 
 HISTORY_COLUMNS = ["step", "latent", "frequency", "consistency", "absorption_score"]
 # Config fields that may change between a checkpoint and its resume without changing the result.
-RESUME_FREE_FIELDS = {"trainers", "seeds", "device", "checkpoint_every", "keep_checkpoints"}
+RESUME_FREE_FIELDS = {"trainers", "seeds", "device", "checkpoint_every", "keep_checkpoints", "cpu_threads"}
 
 
 class TrainingDivergedError(RuntimeError):
@@ -245,6 +245,17 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: in
               *, on_checkpoint: Callable[[int], None] | None = None, progress: bool = True) -> TrainResult:
     """Train one SAE into ``out_dir`` (resuming from its newest checkpoint) and export it.
     ``sae_meta.json`` is written last: its presence means the SAE is complete."""
+    threads_before = torch.get_num_threads()
+    if cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        return _train_sae(source, cfg, trainer, seed, Path(out_dir), info, on_checkpoint, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: int, out_dir: Path, info: ModelInfo,
+               on_checkpoint: Callable[[int], None] | None, progress: bool) -> TrainResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
