@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -13,6 +14,7 @@ import torch
 from eval.config import EvalConfig
 
 _MODELS: dict[tuple[str, str, str, str], object] = {}
+_MODELS_LOCK = threading.Lock()
 
 
 def eval_device(cfg: EvalConfig) -> str:
@@ -30,10 +32,11 @@ def hooked_model(name: str, source: str, cfg: EvalConfig):
     from pipeline.models import load_hooked_model
 
     key = (name, source, cfg.llm_dtype, eval_device(cfg))
-    if key not in _MODELS:
-        _MODELS.clear()  # one model in memory at a time
-        _MODELS[key] = load_hooked_model(name, source=source, dtype=cfg.llm_dtype, device=key[3])
-    return _MODELS[key]
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS.clear()  # one model in memory at a time
+            _MODELS[key] = load_hooked_model(name, source=source, dtype=cfg.llm_dtype, device=key[3])
+        return _MODELS[key]
 
 
 @contextlib.contextmanager

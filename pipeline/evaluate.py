@@ -8,6 +8,7 @@ is newer than its SAE and was made with the same settings is not re-run (``force
 from __future__ import annotations
 
 import json
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -19,6 +20,11 @@ from eval.config import EVALS, EvalConfigError
 from eval.results import aggregate_tasks, make_rows, read_task, task_path, write_task
 from eval.sae import META_FILE, SAEMeta, list_sae_folders, load_sae
 from pipeline.config import RunConfig
+
+# Evals in one process run one at a time: they share the loaded model (and patch its forward to stop
+# early), sae-bench seeds Python's global RNG, and each eval already uses every core.  Thread-pool
+# task runners therefore queue here; process-based runners run in parallel, coordinated by file locks.
+_COMPUTE_LOCK = threading.Lock()
 
 _SETTINGS = {
     "absorption": ("absorption_word_sample", "word_sample_seed", "llm_dtype", "absorption_max_k",
@@ -102,9 +108,10 @@ def run_eval_task(cfg: RunConfig, run_dir: str | Path, sae_name: str, eval_name:
     if reason is not None:
         rows = make_rows(run_dir, meta, eval_name, {}, status="skipped", error=reason, eval_config=settings)
         return write_task(path, rows)
-    start = time.monotonic()
     try:
-        metrics, details = _compute(eval_name, cfg, run_dir, sae_folder, meta)
+        with _COMPUTE_LOCK:
+            start = time.monotonic()
+            metrics, details = _compute(eval_name, cfg, run_dir, sae_folder, meta)
     except Exception as e:  # one eval's failure must not stop the others
         error = f"{type(e).__name__}: {e}"
         rows = make_rows(run_dir, meta, eval_name, {}, status="failed", error=error, eval_config=settings)
