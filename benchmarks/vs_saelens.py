@@ -52,6 +52,7 @@ def run_saelens(source, args, sparse: bool) -> tuple[float, float]:
                                                 normalize_activations="expected_average_only_in",
                                                 use_sparse_activations=sparse, device="cpu"))
     cfg = SAETrainerConfig(total_training_samples=args.tokens, train_batch_size_samples=args.batch, lr=args.lr,
+                           lr_end=args.lr / 10,
                            lr_warm_up_steps=max(1, args.tokens // args.batch // 20), device="cpu",
                            n_batches_for_norm_estimate=8, logger=LoggingConfig(log_to_wandb=False))
     trainer = SAETrainer(cfg, sae, endless_batches(source, args.batch, 0))

@@ -1,2 +1,2 @@
-"""fc-sae trainers."""
-import pipeline  # noqa: F401  (sets the Hugging Face cache and offline environment first)
+"""SAE trainers: TopK (+AuxK), FC-TopK (TopK + FrequencyConsistencyTracker-guided splitting),
+ReLU + L1 with resampling, BatchTopK and Matryoshka-BatchTopK; one shared loop (trainers.loop)."""

@@ -95,8 +95,9 @@ class TrainConfig:
     """Steps between tracker snapshots in fc_history.parquet (and one at the end)."""
     checkpoint_every: int = 500
     """Steps between checkpoints (0: none); training resumes from the newest one."""
-    keep_checkpoints: int = 2
-    """Newest checkpoints kept on disk."""
+    keep_checkpoints: int = 1
+    """Newest checkpoints kept on disk (each is written to a temporary file and renamed, so one
+    is enough to survive a crash)."""
     device: str = "auto"
     """Training device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
     cpu_threads: int = 0

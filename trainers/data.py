@@ -56,12 +56,22 @@ class InMemoryActivations:
             yield self.acts_ND[rows].to(device=device, dtype=dtype)
 
 
-def estimate_norm_scale(source: ActivationSource, n_rows: int) -> float:
-    """The factor s with E||s x||^2 = d_model, from the first rows of the source."""
+def first_rows(source: ActivationSource, n_rows: int) -> torch.Tensor:
+    """The first rows of the source as float32, checked for inf/NaN."""
     rows_ND = torch.from_numpy(np.asarray(source.read_rows(0, min(n_rows, source.n_rows)), dtype=np.float32))
     if not torch.isfinite(rows_ND).all():
         raise ValueError("activation cache holds inf/NaN values in its first rows; cannot normalise")
+    return rows_ND
+
+
+def norm_scale_of(rows_ND: torch.Tensor) -> float:
+    """The factor s with E||s x||^2 = d_model over these rows."""
     mean_sq = float(rows_ND.pow(2).sum(dim=1).mean())
     if mean_sq <= 0:
         raise ValueError("activation cache rows are all zero; cannot normalise")
-    return (source.d_model / mean_sq) ** 0.5
+    return (rows_ND.shape[1] / mean_sq) ** 0.5
+
+
+def estimate_norm_scale(source: ActivationSource, n_rows: int) -> float:
+    """The factor s with E||s x||^2 = d_model, from the first rows of the source."""
+    return norm_scale_of(first_rows(source, n_rows))

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from trainers.checkpoint import load_latest_checkpoint, save_checkpoint
 from trainers.config import TrainConfig
-from trainers.data import ActivationSource
+from trainers.data import ActivationSource, first_rows, norm_scale_of
 from trainers.export import ModelInfo, export_sae, write_json_atomic
 from trainers.registry import RESAMPLING_TRAINERS, SPLITTING_TRAINERS, build_sae
 from trainers.resampling import resample_dead
@@ -78,14 +78,8 @@ class _Run:
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)
-        first_rows_ND = torch.from_numpy(np.asarray(source.read_rows(0, min(cfg.norm_rows, source.n_rows)),
-                                                    dtype=np.float32))
-        if not torch.isfinite(first_rows_ND).all():
-            raise TrainingDivergedError("step 0: activation cache rows contain inf/NaN (cannot normalise)")
-        mean_sq = float(first_rows_ND.pow(2).sum(1).mean())
-        if mean_sq <= 0:
-            raise ValueError("activation cache rows are all zero; cannot normalise")
-        self.norm_scale = (d_in / mean_sq) ** 0.5
+        first_rows_ND = first_rows(source, cfg.norm_rows)
+        self.norm_scale = norm_scale_of(first_rows_ND)
         self.model: SparseAutoencoder = build_sae(trainer, cfg, d_in, torch.Generator().manual_seed(seed))
         with torch.no_grad():
             self.model.b_dec.copy_((first_rows_ND * self.norm_scale).mean(0))
