@@ -305,7 +305,7 @@ class GroupHarvester:
             lo = max(r0 - b0 * rpw, 0)  # rows of this batch inside the group
             hi = min(r1 - b0 * rpw, (b1 - b0) * rpw)
             dst = b0 * rpw + lo - r0
-            acts_ND[dst:dst + hi - lo] = self._batch_rows(windows, b0, b1, g)[lo:hi]
+            self._place_batch_rows(windows, lo, hi, acts_ND[dst:dst + hi - lo], f"{b0}..{b1 - 1} (group {g}")
             tok_3BT = np.asarray([[w[i] for w in windows] for i in range(3)], dtype=np.int32)
             if self.drop_bos:
                 tok_3BT = tok_3BT[:, :, 1:]
@@ -321,21 +321,28 @@ class GroupHarvester:
                 *(np.ascontiguousarray(tokens_3N[i, idx]) for i in range(3)))
         return sum(self.writer.spec.shard_row_range(s)[1] - self.writer.spec.shard_row_range(s)[0] for s in todo)
 
-    def _batch_rows(self, windows: list[tuple], b0: int, b1: int, g: int) -> torch.Tensor:
-        """Activations of a batch of windows as (rows, d_model) in the store dtype, checked finite."""
+    def _place_batch_rows(self, windows: list[tuple], lo: int, hi: int, out_RD: torch.Tensor, label: str) -> None:
+        """Forward a batch of windows and copy its rows [lo, hi) (BOS dropped) into ``out_RD``
+        (store dtype), failing loudly on NaN/inf or on overflow of the store dtype."""
         token_ids_BT = torch.tensor([w[0] for w in windows], dtype=torch.int64)
         resid_BTD = self.forward(token_ids_BT)
-        where = f"windows {b0}..{b1 - 1} (group {g}, layer {self.cfg.model.layer}, {self.cfg.model.name})"
-        if not torch.isfinite(resid_BTD).all():
-            raise HarvestError(f"NaN/inf activations in the harvest batch of {where}; "
-                               f"model.dtype is {self.cfg.model.dtype} (float32 is the most robust)")
+        where = f"windows {label}, layer {self.cfg.model.layer}, {self.cfg.model.name})"
         if self.drop_bos:
             if not all(w[1][0] == -1 for w in windows):
                 raise HarvestError(f"expected BOS at the start of every window in {where}")
             resid_BTD = resid_BTD[:, 1:]
-        rows = resid_BTD.reshape(-1, resid_BTD.shape[-1]).to("cpu").to(self.store_dtype)
-        if not torch.isfinite(rows).all():
-            raise HarvestError(f"activations of {where} overflow harvest.store_dtype="
-                               f"{self.cfg.harvest.store_dtype} (max |x| {resid_BTD.abs().max().item():.4g}); "
-                               f"use store_dtype bfloat16 or float32")
-        return rows
+        B, T, D = resid_BTD.shape
+        if lo == 0 and hi == B * T:  # the usual case: one strided copy, converting on the way
+            out_RD.view(B, T, D).copy_(resid_BTD)
+        else:
+            out_RD.copy_(resid_BTD.reshape(B * T, D)[lo:hi])
+        # One float32 reduction sees any NaN/inf in the batch (and is far cheaper than isfinite);
+        # checking the stored copy also catches values that overflow the store dtype.
+        if not torch.isfinite(torch.sum(out_RD, dtype=torch.float32)):
+            if not torch.isfinite(resid_BTD).all():
+                raise HarvestError(f"NaN/inf activations in the harvest batch of {where}; "
+                                   f"model.dtype is {self.cfg.model.dtype} (float32 is the most robust)")
+            if not torch.isfinite(out_RD).all():
+                raise HarvestError(f"activations of {where} overflow harvest.store_dtype="
+                                   f"{self.cfg.harvest.store_dtype} (max |x| {resid_BTD.abs().max().item():.4g}); "
+                                   f"use store_dtype bfloat16 or float32")
