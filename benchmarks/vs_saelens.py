@@ -3,8 +3,8 @@
 Both train on the same in-memory activations, with the same SAE shape, k, batch size, learning
 rate and token budget; both normalise inputs to E||x||^2 = d_model. Ours is the full loop
 (tracker, logs and tracker snapshots included; checkpoints off); SAELens is ``SAETrainer.fit``
-with ``TopKTrainingSAE`` (wandb off). Each trainer runs twice, interleaved, and the faster run of
-each is kept, so a busy machine penalises neither. Goal: ratio >= 1.5.
+with ``TopKTrainingSAE`` (wandb off). Each trainer runs ``--repeats`` times, interleaved, and the faster run of
+each is kept, so a busy machine penalises neither (``--threads 1`` is steadier on a shared CPU). Goal: ratio >= 1.5.
 
     .venv/bin/python benchmarks/vs_saelens.py [--d 640 --m 2048 --k 32 --batch 1024 --tokens 102400]
 """
@@ -71,7 +71,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=65_536)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--saelens-sparse", action="store_true", help="SAELens use_sparse_activations=True")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved runs per trainer; the fastest counts")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     mix_FD = torch.randn(4 * args.d, args.d, generator=gen)
     codes_NF = torch.rand(args.rows, 4 * args.d, generator=gen).pow(8)  # sparse-ish, heavy-tailed
@@ -80,7 +84,7 @@ def main() -> None:
     runs: dict[str, list[tuple[float, float]]] = {"ours": [], "saelens": []}
     with tempfile.TemporaryDirectory() as tmp:
         run_ours(source, argparse.Namespace(**{**vars(args), "tokens": 4 * args.batch}), Path(tmp), -1)  # warm-up
-        for run in range(2):
+        for run in range(args.repeats):
             runs["ours"].append(run_ours(source, args, Path(tmp), run))
             runs["saelens"].append(run_saelens(source, args, args.saelens_sparse))
     print(f"d={args.d} m={args.m} k={args.k} batch={args.batch} tokens={args.tokens}, CPU threads "
