@@ -88,3 +88,19 @@ def test_lr_schedule_and_config_validation():
         TrainConfig(matryoshka_fractions=[0.5, 0.4])
     for name in ("demo", "pythia70m", "tiny"):
         assert TrainConfig.preset(name).total_steps > 0
+
+
+@pytest.mark.parametrize("trainer", ["topk", "batchtopk", "matryoshka", "relu_l1"])
+def test_training_step_under_bf16_autocast_gives_finite_fp32_gradients(trainer):
+    """The loop uses bf16 autocast on GPU; the custom backward passes must cope with bf16 values."""
+    from trainers.registry import build_sae
+
+    model = build_sae(trainer, TrainConfig(d_sae=64, k=4, matryoshka_fractions=[0.5, 0.5]), 16,
+                      torch.Generator().manual_seed(0))
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[:5] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.training_step(torch.randn(32, 16, generator=torch.Generator().manual_seed(1)), dead)
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and bool(torch.isfinite(p.grad).all()), name

@@ -203,7 +203,7 @@ def _truncate_log(path: Path, keep_below_step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def _maintain(run: _Run, x_BD: torch.Tensor) -> None:
+def _maintain(run: _Run) -> None:
     """Split or resample latents at the scheduled steps (never in the settling phase)."""
     cfg, step = run.cfg, run.step
     if step % cfg.resample_every or step >= cfg.resample_stop_frac * cfg.total_steps:
@@ -263,7 +263,10 @@ def _train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: i
     if ckpt is not None:
         run.load(ckpt)
     log_path = out_dir / "train_log.jsonl"
-    _truncate_log(log_path, run.step) if run.step else log_path.write_text("")
+    if run.step:
+        _truncate_log(log_path, run.step)
+    else:
+        log_path.write_text("")
     write_json_atomic(out_dir / "train_config.json",
                       {"trainer": trainer, "seed": seed, **dataclasses.asdict(cfg), "total_steps": total})
 
@@ -309,7 +312,7 @@ def _train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: i
                 bar.set_postfix(mse=f"{float(out.mse.detach()):.3g}", l0=f"{tstep.l0:.1f}", splits=len(run.splits))
 
             run.step = step + 1
-            _maintain(run, x_BD)
+            _maintain(run)
             if run.step % cfg.snapshot_every == 0 or run.step == total:
                 run.history.append(_snapshot(run))
             if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < total:

@@ -53,7 +53,7 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_BD):
         rows_N, latents_N, values_N, W_dec_MD = ctx.saved_tensors
-        grad_BD = grad_BD.contiguous()
+        grad_BD = grad_BD.contiguous().to(W_dec_MD.dtype)
         grad_values = grad_W = None
         if ctx.needs_input_grad[2]:
             grad_values = _grad_values(grad_BD, W_dec_MD, rows_N, latents_N).to(values_N.dtype)

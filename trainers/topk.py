@@ -17,6 +17,7 @@ class _TopKEncode(torch.autograd.Function):
         vals_BK, idx_BK = pre_BM.topk(k, dim=1, sorted=False)
         vals_BK = vals_BK.clamp_min(0.0)
         ctx.save_for_backward(x_BD, W_enc_DM, idx_BK, vals_BK)
+        ctx.bias_dtype = bias_M.dtype
         ctx.mark_non_differentiable(idx_BK)
         return vals_BK, idx_BK
 
@@ -25,17 +26,19 @@ class _TopKEncode(torch.autograd.Function):
         x_BD, W_enc_DM, idx_BK, vals_BK = ctx.saved_tensors
         b, k = idx_BK.shape
         m = W_enc_DM.shape[1]
-        g_N = (grad_vals_BK * (vals_BK > 0)).reshape(-1)
+        # Under autocast the values (and their gradient) may be bf16; the sparse products run
+        # in the parameters' dtype.
+        g_N = (grad_vals_BK * (vals_BK > 0)).reshape(-1).to(x_BD.dtype)
         rows_N = torch.arange(b, device=x_BD.device).repeat_interleave(k)
         lat_N = idx_BK.reshape(-1)
         g_MB = torch.sparse_coo_tensor(torch.stack([lat_N, rows_N]), g_N, (m, b), check_invariants=False)
         grad_x = grad_W = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.sparse.mm(g_MB.t(), W_enc_DM.T.contiguous())
+            grad_x = torch.sparse.mm(g_MB.t(), W_enc_DM.T.contiguous().to(x_BD.dtype))
         if ctx.needs_input_grad[1]:
-            grad_W = torch.sparse.mm(g_MB, x_BD).T.contiguous()
+            grad_W = torch.sparse.mm(g_MB, x_BD).T.contiguous().to(W_enc_DM.dtype)
         if ctx.needs_input_grad[2]:
-            grad_bias = torch.zeros(m, device=g_N.device, dtype=g_N.dtype).index_add_(0, lat_N, g_N)
+            grad_bias = torch.zeros(m, device=g_N.device, dtype=g_N.dtype).index_add_(0, lat_N, g_N).to(ctx.bias_dtype)
         return grad_x, grad_W, grad_bias, None
 
 
