@@ -15,6 +15,7 @@ Printed for TopK, FC-TopK and Matryoshka-BatchTopK at the same width and k, over
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -114,7 +115,7 @@ def main() -> None:
 
     print(f"toy: d={args.d}, {args.parents} parents x {args.children} children, {args.independent} independent; "
           f"SAE width {args.width}, k {args.k}, {args.tokens} training tokens; seeds {args.seeds}")
-    results: dict[str, list[tuple[float, float]]] = {t: [] for t in args.trainers}
+    results: dict[str, list[tuple[float, float, float]]] = {t: [] for t in args.trainers}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             toy = make_toy(args.d, args.parents, args.children, args.independent, seed)
@@ -134,16 +135,16 @@ def main() -> None:
                 weights = load_file(out / "sae_weights.safetensors")
                 arch = "topk" if trainer in ("topk", "fc_topk") else "jumprelu"
                 rate, recall = absorption_rate(weights, arch, args.k, toy, x_eval, mags_eval)
-                results[trainer].append((rate, recall))
-                print(f"  seed {seed} {trainer:>10}: absorption {rate:.3f}  parent-alone recall {recall:.3f}  "
+                ev = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["explained_variance"]
+                results[trainer].append((rate, recall, ev))
+                print(f"  seed {seed} {trainer:>10}: absorption {rate:.3f}  parent-alone recall {recall:.3f}  EV {ev:.3f}  "
                       f"splits {res.n_splits:3d}  ({time.time() - t0:.1f} s)", flush=True)
 
-    print("\ntrainer       absorption rate (mean +- std over seeds)   parent-alone recall")
+    print("\ntrainer       absorption rate (mean +- std over seeds)   parent-alone recall   explained variance")
     for trainer, rows in results.items():
-        rates = np.array([r for r, _ in rows])
-        recalls = np.array([r for _, r in rows])
+        rates, recalls, evs = (np.array(col) for col in zip(*rows))
         print(f"{trainer:<12}  {rates.mean():.3f} +- {rates.std():.3f}  [{', '.join(f'{r:.3f}' for r in rates)}]"
-              f"        {recalls.mean():.3f} +- {recalls.std():.3f}")
+              f"        {recalls.mean():.3f} +- {recalls.std():.3f}       {evs.mean():.3f} +- {evs.std():.3f}")
 
 
 if __name__ == "__main__":
