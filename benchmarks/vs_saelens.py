@@ -70,7 +70,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=102_400)
     ap.add_argument("--rows", type=int, default=65_536)
     ap.add_argument("--lr", type=float, default=4e-4)
-    ap.add_argument("--saelens-sparse", action="store_true", help="SAELens use_sparse_activations=True (SAELens 6.54 raises NotImplementedError for aten::view on SparseCPU here)")
+    ap.add_argument("--saelens-sparse", action="store_true",
+                    help="SAELens use_sparse_activations=True (SAELens 6.54 raises NotImplementedError for "
+                         "aten::view on SparseCPU on this machine)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     ap.add_argument("--repeats", type=int, default=2, help="interleaved runs per trainer; the fastest counts")
     args = ap.parse_args()
