@@ -23,6 +23,7 @@ import torch
 
 from cache_tools import StoreSpec, StoreWriter, acts_to_storage, open_store
 from cache_tools.layout import ACTS, ARRAYS, shard_path
+from cache_tools.loader import _as_storage_numpy
 from cache_tools.reader import storage_to_torch
 
 
@@ -48,10 +49,10 @@ def drop_page_cache(store) -> None:
                 os.close(fd)
 
 
-def read_all(store, n_threads: int = 2) -> float:
-    """Seconds to copy every shard into one RAM buffer the way the loader fills its mixing buffer."""
+def read_all(store, buf: torch.Tensor, n_threads: int = 2, via_memmap: bool = False) -> float:
+    """Seconds to copy every shard into one RAM buffer the way the loader fills its mixing buffer
+    (positioned reads straight into the buffer), or, for reference, through the memory maps."""
     store._maps.clear()  # fresh memory maps
-    buf = torch.empty((store.n_rows, store.d_model), dtype=store.spec.torch_dtype)
     jobs, at = [], 0
     for shard in store.shards:
         rows = store.shard_rows(shard)
@@ -61,7 +62,10 @@ def read_all(store, n_threads: int = 2) -> float:
 
     def copy(job):
         dst, shard, lo, hi = job
-        buf[dst:dst + hi - lo].copy_(storage_to_torch(store.shard_array(shard)[lo:hi], store.acts_dtype))
+        if via_memmap:
+            buf[dst:dst + hi - lo].copy_(storage_to_torch(store.shard_array(shard)[lo:hi], store.acts_dtype))
+        else:
+            store.read_into(shard, lo, hi, _as_storage_numpy(buf[dst:dst + hi - lo]))
 
     start = time.perf_counter()
     with ThreadPoolExecutor(n_threads) as pool:
@@ -72,9 +76,14 @@ def read_all(store, n_threads: int = 2) -> float:
 def bench_reader(store) -> None:
     nbytes = store.nbytes
     gb = nbytes / 1e9
+    # the loader reuses its mixing buffers, so the destination is faulted in once, as for np.copyto
+    buf = torch.zeros((store.n_rows, store.d_model), dtype=store.spec.torch_dtype)
     drop_page_cache(store)
-    cold = read_all(store)
-    warm = min(read_all(store) for _ in range(2))
+    cold = read_all(store, buf)
+    warm = min(read_all(store, buf) for _ in range(2))
+    drop_page_cache(store)
+    cold_mm = read_all(store, buf, via_memmap=True)
+    warm_mm = min(read_all(store, buf, via_memmap=True) for _ in range(2))
     src = np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8)
     dst = np.empty_like(src)
     np.copyto(dst, src)  # fault the pages in first
@@ -86,6 +95,7 @@ def bench_reader(store) -> None:
     print(f"(a) reader    {gb:.2f} GB of {store.acts_dtype} rows, {len(store.shards)} shards")
     print(f"    store, page cache dropped   {gb / cold:6.2f} GB/s")
     print(f"    store, warm page cache      {gb / warm:6.2f} GB/s")
+    print(f"    via np.memmap, dropped/warm {gb / cold_mm:6.2f} / {gb / warm_mm:.2f} GB/s  (page faults per 4 KiB)")
     print(f"    in-memory copy (np.copyto)  {gb / mem:6.2f} GB/s   -> store warm / memory = {mem / warm:.2f}")
     print(f"    zarr-python z[:] (warm)     {gb / zarr_s:6.2f} GB/s   (reference)")
 
@@ -113,17 +123,22 @@ def make_sae(d_model: int, d_sae: int, k: int):
     return step
 
 
-def train_rate(batches, step, n_steps: int) -> float:
-    it = iter(batches)
-    step(next(it))  # warm-up, and the first buffer fill, outside the timing
-    start = time.perf_counter()
-    done = 0
-    for x_BD in it:
-        step(x_BD)
-        done += 1
-        if done == n_steps:
-            break
-    return done / (time.perf_counter() - start)
+def paired_rates(store_batches, ram_batches, step_store, step_ram, n_steps: int) -> tuple[float, float]:
+    """Steps/s of two identical SAEs trained in lock-step, one fed from each source.
+
+    Steps alternate (store, RAM, store, ...) and each is timed together with fetching its batch, so
+    both sources see the same machine load; the shared machine makes separate runs incomparable."""
+    its = [iter(store_batches), iter(ram_batches)]
+    steps = [step_store, step_ram]
+    for it, step in zip(its, steps):  # warm-up, and the first buffer fill, outside the timing
+        step(next(it))
+    spent = [0.0, 0.0]
+    for _ in range(n_steps):
+        for i in (0, 1):
+            start = time.perf_counter()
+            steps[i](next(its[i]))
+            spent[i] += time.perf_counter() - start
+    return n_steps / spent[0], n_steps / spent[1]
 
 
 def bench_training(store, d_sae: int, k: int, batch_size: int, n_steps: int) -> None:
@@ -131,29 +146,26 @@ def bench_training(store, d_sae: int, k: int, batch_size: int, n_steps: int) -> 
 
     in_ram = InMemoryActivations(torch.from_numpy(store.read_rows(0, store.n_rows)))
     n_steps = min(n_steps, store.num_batches(batch_size) - 1)
-    rates = {"store": [], "ram": []}
-    for rnd in range(2):  # interleaved: a shared machine drifts
-        drop_page_cache(store)
-        store._maps.clear()
-        rates["store"].append(train_rate(store.iter_batches(batch_size, seed=rnd), make_sae(store.d_model, d_sae, k), n_steps))
-        rates["ram"].append(train_rate(in_ram.iter_batches(batch_size, seed=rnd), make_sae(store.d_model, d_sae, k), n_steps))
-    s, r = np.mean(rates["store"]), np.mean(rates["ram"])
+    drop_page_cache(store)
+    store._maps.clear()
+    s, r = paired_rates(store.iter_batches(batch_size, seed=0), in_ram.iter_batches(batch_size, seed=0),
+                        make_sae(store.d_model, d_sae, k), make_sae(store.d_model, d_sae, k), n_steps)
     print(f"(b) training  TopK SAE d_in {store.d_model}, d_sae {d_sae}, k {k}, batch {batch_size}, "
-          f"{n_steps} steps x 2 rounds, {torch.get_num_threads()} torch threads")
-    print(f"    fed from the store          {s:6.2f} steps/s  {[round(x, 2) for x in rates['store']]}")
-    print(f"    fed from RAM tensors        {r:6.2f} steps/s  {[round(x, 2) for x in rates['ram']]}")
+          f"{n_steps} paired steps, {torch.get_num_threads()} torch threads, store page cache dropped first")
+    print(f"    fed from the store          {s:6.2f} steps/s")
+    print(f"    fed from RAM tensors        {r:6.2f} steps/s")
     print(f"    ratio store / RAM           {s / r:6.3f}  (target >= 0.95)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", type=Path, help="an existing store (default: a synthetic one, demo-shaped)")
-    ap.add_argument("--rows", type=int, default=262144, help="rows of the synthetic store")
+    ap.add_argument("--rows", type=int, default=524288, help="rows of the synthetic store")
     ap.add_argument("--d-model", type=int, default=640)
     ap.add_argument("--d-sae", type=int, default=2048)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=300)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fc-sae-bench-loader-") as tmp:
         path = args.store

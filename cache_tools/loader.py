@@ -15,13 +15,19 @@ import numpy as np
 import torch
 
 from cache_tools.errors import StoreError
-from cache_tools.reader import storage_to_torch
 
 if TYPE_CHECKING:
     from cache_tools.reader import ActivationStore
 
 COPY_ROWS = 16384  # rows per background copy task: big sequential reads, several tasks in flight
 DEFAULT_BUFFER_SHARDS = 4
+
+
+def _as_storage_numpy(t: torch.Tensor) -> np.ndarray:
+    """Writable numpy view of a contiguous CPU tensor in storage layout (bfloat16 as uint16)."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
 
 
 class MixingLoader:
@@ -77,8 +83,13 @@ class MixingLoader:
         return futures
 
     def _copy(self, buffer: torch.Tensor, at: int, shard: int, lo: int, hi: int) -> None:
-        src = storage_to_torch(self.store.shard_array(shard)[lo:hi], self.store.acts_dtype)
-        buffer[at:at + hi - lo].copy_(src, non_blocking=False)
+        dst = buffer[at:at + hi - lo]
+        if dst.device.type == "cpu":  # read straight into the mixing buffer
+            self.store.read_into(shard, lo, hi, _as_storage_numpy(dst))
+        else:  # stage through host memory, then one transfer
+            host = torch.empty(dst.shape, dtype=dst.dtype, pin_memory=torch.cuda.is_available())
+            self.store.read_into(shard, lo, hi, _as_storage_numpy(host))
+            dst.copy_(host)
 
     def _group_rows(self, group: list[int]) -> int:
         return sum(self.store.shard_rows(s) for s in group)
