@@ -14,6 +14,7 @@ document id (index in the seeded order) and its position in that document; BOS h
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import random
@@ -51,6 +52,12 @@ def _wiki_documents() -> list[str]:
     data = json.loads(path.read_text())
     # Sorted by title so the base order never depends on the JSON's key order.
     return [data[k]["extract"].strip() for k in sorted(data) if data[k].get("extract", "").strip()]
+
+
+@functools.lru_cache(maxsize=1)
+def _synthetic_documents() -> tuple[str, ...]:
+    # Generating the text takes seconds; every harvest group and test re-reads it.
+    return tuple(synthetic_text.documents(SYNTHETIC_DOCS, seed=0))
 
 
 def _is_local(source: str) -> bool:
@@ -126,7 +133,7 @@ def iter_documents(cfg: CorpusConfig) -> Iterator[str]:
     if cfg.source == "wiki-offline":
         docs = _wiki_documents()
     elif cfg.source == "tiny-synthetic":
-        docs = synthetic_text.documents(SYNTHETIC_DOCS, seed=0)
+        docs = list(_synthetic_documents())
     elif _is_local(cfg.source):
         docs = _local_documents(cfg.source, cfg.text_field)
     else:
