@@ -148,38 +148,28 @@ def check_letters(probe: ProbeArtifacts, cfg: EvalConfig, model_name: str) -> li
 class SharedPromptActivations:
     """Residual activations at the word position of absorption prompts, computed once per run.
 
-    The absorption calculator asks for the activations of test words inside random in-context
-    prompts.  The probe's test split already holds one such activation per test word (the same
-    template, the same layer, its own random in-context examples), so those are served; any other
-    prompt is run once (stopping after ``layer``) and kept in ``path`` for the next SAE.  Served
-    batches have shape (B, -token_pos, d) holding each activation at ``token_pos``, the only
-    position the calculator reads."""
+    The absorption calculator builds the same prompts for every SAE (same words, seeded in-context
+    examples), so the model forward is shared: missing prompts are run (stopping after ``layer``),
+    known ones are served from ``path``.  Fresh prompts, as in sae-bench: reusing the probe's own
+    test activations would bias the counts, since those are the activations the probe fired on.
+    Served batches have shape (B, -token_pos, d) holding each prompt's activation at ``token_pos``,
+    the only position the calculator reads."""
 
-    def __init__(self, model, layer: int, token_pos: int, path: Path, word_acts: dict[str, torch.Tensor]):
+    def __init__(self, model, layer: int, token_pos: int, path: Path):
         self.model, self.layer, self.token_pos, self.path = model, layer, token_pos, path
         self.hook = f"blocks.{layer}.hook_resid_post"
-        self.word_acts = word_acts
         self.acts: dict[str, torch.Tensor] = torch.load(path) if path.is_file() else {}
         self.added = 0
-        self._suffix = TEMPLATE.split("{word}")[1]
-
-    def _known(self, prompt: str) -> torch.Tensor | None:
-        last = prompt.rsplit(SEPARATOR, 1)[-1]
-        if last.endswith(self._suffix) and (word := last[: -len(self._suffix)]) in self.word_acts:
-            return self.word_acts[word]
-        return self.acts.get(prompt)
 
     def run_with_cache(self, prompts: list[str], names_filter=None):
-        found = {p: a for p in dict.fromkeys(prompts) if (a := self._known(p)) is not None}
-        missing = [p for p in dict.fromkeys(prompts) if p not in found]
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.acts]
         if missing:
             with stop_after_layer(self.model, self.layer):
                 _, cache = self.model.run_with_cache(missing, names_filter=[self.hook])
             acts_BD = cache[self.hook][:, self.token_pos, :].cpu().clone()  # not a view of (B, T, d)
             self.acts.update(zip(missing, acts_BD))
-            found.update(zip(missing, acts_BD))
             self.added += len(missing)
-        acts_BD = torch.stack([found[p] for p in prompts])
+        acts_BD = torch.stack([self.acts[p] for p in prompts])
         out_BPD = acts_BD.new_zeros(len(prompts), -self.token_pos, acts_BD.shape[-1])
         out_BPD[:, self.token_pos] = acts_BD
         return None, {self.hook: out_BPD}
@@ -217,11 +207,8 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, cfg: EvalCo
     # odd tokens break its equal-length prompts); seeded so every SAE sees the same prompts and the
     # prompt activations are shared.
     random.seed(cfg.word_sample_seed + 1)
-    test_acts_ND, test_words = load_probe_data_split(model, layer, "test", probe.probes_dir, torch.float32, "cpu")
-    word_acts = {word: acts_D for (word, _), acts_D in zip(test_words, test_acts_ND)}
     with file_lock(probe.root / ".prompts.lock"):
-        prompt_model = SharedPromptActivations(model, layer, probe.token_pos, probe.root / "prompt_acts.pt",
-                                               word_acts)
+        prompt_model = SharedPromptActivations(model, layer, probe.token_pos, probe.root / "prompt_acts.pt")
         calculator = FeatureAbsorptionCalculator(
             model=prompt_model, icl_word_list=probe.words, max_icl_examples=MAX_ICL_EXAMPLES, base_template=TEMPLATE,
             answer_formatter=first_letter_formatter(), word_token_pos=probe.token_pos,

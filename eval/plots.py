@@ -97,13 +97,22 @@ def split_events(sae_dirs: list[Path], out: Path) -> Path | None:
 
 
 def letter_table(table: pd.DataFrame, metric: str = "absorption_fraction") -> pd.DataFrame:
-    """Per-letter absorption, trainer x letter, mean over seeds (from the results table)."""
-    ok = table[(table["status"] == "ok") & (table["eval"] == "absorption")
-               & table["metric"].str.startswith("letter/") & table["metric"].str.endswith(f"/{metric}")]
-    if ok.empty:
+    """Per-letter absorption, trainer x letter, mean over seeds (from the results table).
+
+    Letters whose ground-truth probe missed sae-bench's F1 bar are left empty, as sae-bench leaves
+    them out of its means."""
+    rows = table[(table["status"] == "ok") & (table["eval"] == "absorption")
+                 & table["metric"].str.startswith("letter/")]
+    if rows.empty:
         return pd.DataFrame()
-    ok = ok.assign(letter=ok["metric"].str.split("/").str[1])
-    return ok.pivot_table(index="trainer", columns="letter", values="value", aggfunc="mean").reindex(
+    parts = rows["metric"].str.split("/")
+    rows = rows.assign(letter=parts.str[1], kind=parts.str[2])
+    min_f1 = rows["eval_config"].map(lambda c: json.loads(c).get("absorption_min_probe_f1", 0.6))
+    passed = rows[(rows["kind"] == "probe_f1") & (rows["value"] > min_f1)][["sae", "letter"]]
+    values = rows[rows["kind"] == metric].merge(passed, on=["sae", "letter"])
+    if values.empty:
+        return pd.DataFrame()
+    return values.pivot_table(index="trainer", columns="letter", values="value", aggfunc="mean").reindex(
         columns=list(LETTERS))
 
 

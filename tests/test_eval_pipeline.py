@@ -52,7 +52,7 @@ def test_absorption_probe_is_shared_and_k_sparse_probes_are_per_sae(run_dir):
     assert per_sae == sorted(n for n, *_ in SAE_SPECS)
     forwards = [json.loads((run_dir / "eval" / n / "absorption.json").read_text())["details"]["prompt_forwards"]
                 for n in sorted(n for n, *_ in SAE_SPECS)]  # evaluation order
-    assert forwards == [0] * len(SAE_SPECS)  # absorption prompts served from the probe's test activations
+    assert forwards[0] > 0 and forwards[1:] == [0] * (len(SAE_SPECS) - 1)  # prompt activations shared
     words = json.loads((roots[0] / "words.json").read_text())
     assert len(words) == tiny_config().eval.absorption_word_sample == len(set(words))
 
