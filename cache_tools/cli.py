@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.cli_support import run_command
 
 
 def _fmt_bytes(n: float) -> str:
@@ -148,19 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("fc-cache: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # one clear line, not a traceback
-        if os.environ.get("FC_SAE_DEBUG") == "1":
-            raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"fc-cache: error: {msg}", file=sys.stderr)
-        return 1
-
+    return run_command("fc-cache", build_parser().parse_args(argv))
 
 if __name__ == "__main__":
     sys.exit(main())

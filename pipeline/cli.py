@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
+
+from pipeline.cli_support import run_command
 
 import pipeline  # noqa: F401  (environment first)
 
@@ -138,19 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("fc-sae: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # one clear line, not a traceback
-        if os.environ.get("FC_SAE_DEBUG") == "1":
-            raise
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"fc-sae: error: {msg}", file=sys.stderr)
-        return 1
-
+    return run_command("fc-sae", build_parser().parse_args(argv))
 
 if __name__ == "__main__":
     sys.exit(main())
