@@ -92,12 +92,15 @@ class EvalConfig:
     @staticmethod
     def preset(name: str) -> "EvalConfig":
         if name == "demo":
-            # Gemma-3-270m layer 5, 8000 words: 23/26 letters passed sae-bench's probe rule (measured
-            # with a bfloat16 forward).  The probe and its word activations are built once and shared
+            # Gemma-3-270m layer 5, 8000 words: 23/26 letters pass sae-bench's probe rule (float32 and
+            # bfloat16 alike).  The probe and its word activations are built once and shared
             # by every SAE.  float32: TransformerLens
             # runs Gemma no faster in bfloat16 on CPU, and core's variance metrics need the precision
             # (Gemma's residual norms reach 1e4).
-            return EvalConfig(llm_dtype="float32", core_reconstruction_batches=4, core_sparsity_batches=2)
+            # Core runs full forwards with Gemma's 262k-token unembedding: 2 x 4 sequences keep it
+            # near 30 s per SAE on 2 cores.
+            return EvalConfig(llm_dtype="float32", core_batch_size_prompts=4, core_reconstruction_batches=2,
+                              core_sparsity_batches=2)
         if name == "pythia70m":
             return EvalConfig(absorption_word_sample=None, llm_dtype="float32", llm_batch_size=64,
                               core_reconstruction_batches=20, core_sparsity_batches=20)
