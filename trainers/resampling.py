@@ -5,11 +5,8 @@ from __future__ import annotations
 import torch
 
 from trainers.sae import SparseAutoencoder
-from trainers.surgery import mean_encoder_norm, reinit_latents
+from trainers.surgery import RESAMPLED_ENCODER_SCALE, mean_encoder_norm, reinit_latents
 from trainers.tracker import FrequencyConsistencyTracker
-
-RESAMPLED_ENCODER_SCALE = 0.2
-"""Resampled encoders start at this fraction of the mean living encoder norm (Anthropic, 2023)."""
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from trainers.sae import SparseAutoencoder
-from trainers.surgery import mean_encoder_norm, reinit_latents
+from trainers.surgery import RESAMPLED_ENCODER_SCALE, mean_encoder_norm, reinit_latents
 from trainers.tracker import FrequencyConsistencyTracker
 
 SPLIT_COLUMNS = ["step", "latent", "slot", "score", "frequency", "consistency", "cosine"]
@@ -122,7 +122,9 @@ def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker
         kept_L = kept_L[:len(slots_L)]
         if not kept:
             return empty
-    enc_norm = mean_encoder_norm(model, freq_M > dead_freq)
+    # As in dead-latent resampling: new encoders start small (0.2 x the living norm) so the new
+    # latents do not win the TopK of every input at once and wreck the reconstruction.
+    enc_norm = RESAMPLED_ENCODER_SCALE * mean_encoder_norm(model, freq_M > dead_freq)
     ids_L = torch.cat([kept_L, slots_L])
     dirs_LD = torch.stack(keep_dirs + other_dirs)
     b_enc_L = torch.cat([model.b_enc.data[kept_L.to(model.b_enc.device)].cpu(), torch.zeros(len(kept))])

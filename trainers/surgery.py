@@ -8,6 +8,9 @@ import torch
 from trainers.sae import SparseAutoencoder
 from trainers.tracker import FrequencyConsistencyTracker
 
+RESAMPLED_ENCODER_SCALE = 0.2
+"""New latents' encoder norm relative to the living latents' mean (Anthropic-style resampling)."""
+
 
 @torch.no_grad()
 def mean_encoder_norm(model: SparseAutoencoder, alive_M: torch.Tensor) -> float:
