@@ -65,10 +65,6 @@ def report_task(cfg: RunConfig, run_dir: Path) -> str:
     return str(report(cfg, run_dir))
 
 
-def _trained_saes(run_dir: Path) -> list[str]:
-    return sorted(p.parent.name for p in (run_dir / "saes").glob("*/sae_meta.json"))
-
-
 def _resolve(preset: str | None, run_dir: Path, config_file: str | None, stages: str) -> RunConfig:
     if stages == "eval":
         saved = load_run_config(run_dir)
@@ -99,9 +95,9 @@ def fc_sae(preset: str = "demo", run_dir: str = "runs/demo", stages: str = "full
             train_task(cfg, run, trainer, seed)
             update_progress_artifact(progress, 100.0 * i / len(jobs))
 
-    saes = _trained_saes(run)
-    if not saes:
-        raise RuntimeError(f"no trained SAEs in {run / 'saes'}")
+    from pipeline.evaluate import select_saes
+
+    saes = select_saes(run, None)  # every finished SAE; raises clearly when there is none
     futures = [eval_task.submit(cfg, run, sae, ev) for sae in saes for ev in cfg.eval.evals]
     for fut in futures:
         fut.wait()  # a failed eval is recorded as rows with status "failed"; the others still land

@@ -141,5 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     return run_command("fc-sae", build_parser().parse_args(argv))
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import ConfigError, RunConfig, resolve_config
+from pipeline.config import ConfigError, RunConfig, apply_overrides, resolve_config
 
 CONFIG_FILE = "config.json"
 _DATA_DEFINING = ("model", "corpus", "harvest")
@@ -43,18 +43,12 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig | None = None) -> RunCon
 
 def config_for(run_dir: str | Path, preset: str | None = None, config_file: str | None = None,
                overrides: list[str] | None = None) -> RunConfig:
-    """The CLI's rule: an explicit preset/config wins (and is checked against the run dir)."""
-    explicit = preset is not None or config_file is not None or bool(overrides)
-    if explicit:
-        base = None
-        if preset is None and config_file is None:
-            base = load_run_config(run_dir)  # overrides on top of the saved config
-        cfg = resolve_config(preset, config_file, overrides) if base is None else _override(base, overrides)
-        return prepare_run_dir(run_dir, cfg)
-    return prepare_run_dir(run_dir)
-
-
-def _override(cfg: RunConfig, overrides: list[str] | None) -> RunConfig:
-    from pipeline.config import apply_overrides
-
-    return apply_overrides(cfg, overrides or [])
+    """The CLI's rule: an explicit preset/config wins (and is checked against the run dir); bare
+    overrides apply on top of the run dir's saved config."""
+    if preset is None and config_file is None:
+        saved = load_run_config(run_dir)
+        if saved is not None:
+            return prepare_run_dir(run_dir, apply_overrides(saved, overrides) if overrides else None)
+        if not overrides:
+            return prepare_run_dir(run_dir)  # raises: nothing says which config to run with
+    return prepare_run_dir(run_dir, resolve_config(preset, config_file, overrides))
