@@ -31,7 +31,7 @@ def main() -> None:
     cfg = get_preset("demo")
     overrides = []
     if args.words:
-        overrides.append(f"eval.absorption_word_sample={args.words}")
+        overrides.append(f"eval.options.absorption.word_sample={args.words}")
     if args.layer is not None:
         overrides.append(f"model.layer={args.layer}")
         overrides.append(f"model.hook=blocks.{args.layer}.hook_resid_post")
@@ -50,19 +50,20 @@ def main() -> None:
     evaluate(cfg, run_dir, evals=args.evals)
     total = time.monotonic() - start
     print(f"run dir: {run_dir}")
-    print(f"model {cfg.model.name} layer {cfg.model.layer}, words {cfg.eval.absorption_word_sample}, "
+    print(f"model {cfg.model.name} layer {cfg.model.layer}, words {cfg.eval.options['absorption']['word_sample']}, "
           f"llm dtype {cfg.eval.llm_dtype}, d_sae {cfg.train.d_sae}, k {cfg.train.k}")
     for path in sorted((run_dir / "eval").glob("*/*.json")):
         task = json.loads(path.read_text())
         row = task["rows"][0]
         print(f"{path.parent.name:12s} {path.stem:12s} {row['status']:8s} "
               f"{task['details'].get('seconds', 0):7.1f} s  {row['error'][:160]}")
+    min_f1 = cfg.eval.options["absorption"]["min_probe_f1"]
     f1_files = list((run_dir / "eval_artifacts" / "absorption").glob("*/probe_f1.json"))
     for f1_file in f1_files:
         f1 = json.loads(f1_file.read_text())
-        passing = sorted(l for l, v in f1.items() if v > cfg.eval.absorption_min_probe_f1)
-        weak = {l: round(v, 2) for l, v in f1.items() if v <= cfg.eval.absorption_min_probe_f1}
-        print(f"letters with probe F1 > {cfg.eval.absorption_min_probe_f1}: {len(passing)}/26; failing: {weak}")
+        passing = sorted(l for l, v in f1.items() if v > min_f1)
+        weak = {l: round(v, 2) for l, v in f1.items() if v <= min_f1}
+        print(f"letters with probe F1 > {min_f1}: {len(passing)}/26; failing: {weak}")
     print(f"total eval time for 4 SAEs: {total:.0f} s")
 
 

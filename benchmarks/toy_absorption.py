@@ -126,9 +126,10 @@ def main() -> None:
             for trainer in args.trainers:
                 cfg = TrainConfig(trainers=[trainer], seeds=[seed], d_sae=args.width, k=args.k,
                                   n_tokens=args.tokens, batch_size=512, lr=2e-3, resample_every=50,
-                                  max_split_frac=0.05, dead_after_tokens=50_000, checkpoint_every=0,
+                                  dead_after_tokens=50_000, checkpoint_every=0,
                                   reservoir_rows=8192, norm_rows=8192,
-                                  matryoshka_fractions=[0.125, 0.125, 0.25, 0.5])
+                                  options={"fc": {"max_split_frac": 0.05},
+                                           "matryoshka": {"group_fractions": [0.125, 0.125, 0.25, 0.5]}})
                 out = Path(tmp) / f"{trainer}_s{seed}"
                 t0 = time.time()
                 res = train_sae(source, cfg, trainer, seed, out, ModelInfo("toy"), progress=False)

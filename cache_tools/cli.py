@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cli_support import run_command
+from fc_base.cli import run_command
 
 
 def _fmt_bytes(n: float) -> str:

@@ -18,23 +18,50 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sae_bench.evals.absorption import feature_absorption as fa
-from sae_bench.evals.absorption.common import load_probe, load_probe_data_split
-from sae_bench.evals.absorption.feature_absorption_calculator import FeatureAbsorptionCalculator
-from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
-from sae_bench.evals.absorption.main import _aggregate_results_df
-from sae_bench.evals.absorption.prompting import VERBOSE_FIRST_LETTER_TEMPLATE, first_letter_formatter
-from sae_bench.evals.absorption.vocab import LETTERS, get_alpha_tokens
-from sklearn.metrics import f1_score
 
-from eval.config import EvalConfig
 from eval.runtime import file_lock, stop_after_layer
+from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
+from fc_base.errors import check
+from fc_base.io import write_atomic
 
-TEMPLATE = VERBOSE_FIRST_LETTER_TEMPLATE
+# sae-bench's VERBOSE_FIRST_LETTER_TEMPLATE and LETTERS (sae-bench itself is imported only when an
+# eval runs: it takes seconds, and listing or validating evals must stay fast).
+TEMPLATE = "{word} has the first letter:"
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SEPARATOR = "\n"
 F1_JUMP_THRESHOLD = 0.03  # sae-bench default: a k-sparse F1 gain this large counts as a feature split
 L1_DECAY = 0.01  # sae-bench default for the k-sparse probes
 MAX_ICL_EXAMPLES = 10  # sae-bench's in-context examples per prompt
+
+
+@dataclass
+class AbsorptionOptions(EvalOptions):
+    """sae-bench's first-letter absorption eval, sized for a CPU."""
+
+    section = "absorption"
+    word_sample: int | None = 8000
+    """Words sampled from the vocabulary (None: full vocabulary)."""
+    word_sample_seed: int = 0
+    """Seed of the word sample, the probe train/test split and the in-context prompts."""
+    max_k: int = 10
+    """Largest k of sae-bench's k-sparse probes (feature-split detection)."""
+    probe_epochs: int = 50
+    """Epochs of sae-bench's L1 probe over SAE latents (its k-sparse probing step)."""
+    min_probe_f1: float = 0.6
+    """A first letter counts as represented when its ground-truth probe F1 exceeds this."""
+    min_letters: int = 20
+    """Letters that must pass ``min_probe_f1`` for absorption to be evaluated (sae-bench rule)."""
+
+    def __post_init__(self) -> None:
+        check(self.word_sample is None or self.word_sample >= 100,
+              f"eval.options.absorption.word_sample must be None (full vocabulary) or >= 100, got {self.word_sample}")
+        for name in ("max_k", "probe_epochs"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and value > 0,
+                  f"eval.options.absorption.{name} must be a positive integer, got {value!r}")
+        check(0.0 <= self.min_probe_f1 < 1.0,
+              f"eval.options.absorption.min_probe_f1 must be in [0, 1), got {self.min_probe_f1}")
+        check(1 <= self.min_letters <= 26, f"eval.options.absorption.min_letters must be in 1..26, got {self.min_letters}")
 
 
 class AbsorptionNotApplicable(RuntimeError):
@@ -60,9 +87,9 @@ class AbsorptionResult(dict):
     prompt_forwards: int = 0
 
 
-def artifacts_key(model_name: str, layer: int, cfg: EvalConfig) -> str:
-    sample = "all" if cfg.absorption_word_sample is None else str(cfg.absorption_word_sample)
-    return f"{model_name.replace('/', '--')}_layer{layer}_words{sample}_seed{cfg.word_sample_seed}_{cfg.llm_dtype}"
+def artifacts_key(model_name: str, layer: int, opts: AbsorptionOptions, llm_dtype: str) -> str:
+    sample = "all" if opts.word_sample is None else str(opts.word_sample)
+    return f"{model_name.replace('/', '--')}_layer{layer}_words{sample}_seed{opts.word_sample_seed}_{llm_dtype}"
 
 
 def word_token_pos(tokenizer) -> int:
@@ -79,6 +106,9 @@ def sample_words(tokenizer, n_words: int | None, seed: int) -> list[str]:
 
     A few tokens split into several tokens inside a prompt, which would break sae-bench's
     equal-length prompts; they are dropped before sampling."""
+    from sae_bench.evals.absorption.prompting import first_letter_formatter
+    from sae_bench.evals.absorption.vocab import get_alpha_tokens
+
     vocab = list(dict.fromkeys(get_alpha_tokens(tokenizer)))  # unique, in vocabulary order
     formatter = first_letter_formatter()
     pieces = [SEPARATOR + TEMPLATE.format(word=w) + formatter(w) + SEPARATOR for w in vocab]
@@ -93,6 +123,9 @@ def sample_words(tokenizer, n_words: int | None, seed: int) -> list[str]:
 
 def _probe_f1(model, layer: int, probes_dir: Path) -> dict[str, float]:
     """Per-letter F1 of the ground-truth probe on its test split, as sae-bench computes ``f1_probe``."""
+    from sae_bench.evals.absorption.common import load_probe, load_probe_data_split
+    from sklearn.metrics import f1_score
+
     probe = load_probe(model.cfg.model_name, layer, probes_dir, torch.float32, "cpu")
     acts_ND, labelled = load_probe_data_split(model, layer, "test", probes_dir, torch.float32, "cpu")
     with torch.no_grad():
@@ -102,11 +135,12 @@ def _probe_f1(model, layer: int, probes_dir: Path) -> dict[str, float]:
             for i, letter in enumerate(LETTERS)}
 
 
-def ensure_probe(model, layer: int, run_dir: Path, cfg: EvalConfig) -> ProbeArtifacts:
+def ensure_probe(model, layer: int, artifacts_dir: Path, opts: AbsorptionOptions, common) -> ProbeArtifacts:
     """Train (once per run) sae-bench's 26-way first-letter probe on a word sample at ``layer``."""
     from sae_bench.evals.absorption.common import create_and_train_probe
+    from sae_bench.evals.absorption.prompting import first_letter_formatter
 
-    root = Path(run_dir) / "eval_artifacts" / "absorption" / artifacts_key(model.cfg.model_name, layer, cfg)
+    root = Path(artifacts_dir) / "absorption" / artifacts_key(model.cfg.model_name, layer, opts, common.llm_dtype)
     probes_dir = root / "probes"
     probe_file = probes_dir / model.cfg.model_name / f"layer_{layer}" / "probe.pth"
     token_pos = word_token_pos(model.tokenizer)
@@ -114,14 +148,14 @@ def ensure_probe(model, layer: int, run_dir: Path, cfg: EvalConfig) -> ProbeArti
     f1_file = root / "probe_f1.json"
     with file_lock(root / ".lock"):
         if not (probe_file.is_file() and words_file.is_file() and f1_file.is_file()):
-            words = sample_words(model.tokenizer, cfg.absorption_word_sample, cfg.word_sample_seed)
+            words = sample_words(model.tokenizer, opts.word_sample, opts.word_sample_seed)
             # sae-bench draws the train/test split and in-context examples from Python's global RNG.
-            random.seed(cfg.word_sample_seed)
-            torch.manual_seed(cfg.word_sample_seed)
+            random.seed(opts.word_sample_seed)
+            torch.manual_seed(opts.word_sample_seed)
             with stop_after_layer(model, layer):
                 create_and_train_probe(
                     model=model, formatter=first_letter_formatter(), hook_point=f"blocks.{layer}.hook_resid_post",
-                    probes_dir=probes_dir, vocab=words, batch_size=cfg.llm_batch_size, num_epochs=50, lr=1e-2,
+                    probes_dir=probes_dir, vocab=words, batch_size=common.llm_batch_size, num_epochs=50, lr=1e-2,
                     device=torch.device("cpu"), base_template=TEMPLATE, pos_idx=token_pos)
             f1_by_letter = _probe_f1(model, layer, probes_dir)
             words_file.write_text(json.dumps(words))
@@ -132,15 +166,15 @@ def ensure_probe(model, layer: int, run_dir: Path, cfg: EvalConfig) -> ProbeArti
                           layer=layer, token_pos=token_pos)
 
 
-def check_letters(probe: ProbeArtifacts, cfg: EvalConfig, model_name: str) -> list[str]:
+def check_letters(probe: ProbeArtifacts, opts: AbsorptionOptions, model_name: str) -> list[str]:
     """The letters whose probe passes; raises when fewer than sae-bench's minimum pass."""
-    passing = [l for l, f1 in probe.probe_f1_by_letter.items() if f1 > cfg.absorption_min_probe_f1]
-    if len(passing) < cfg.absorption_min_letters:
+    passing = [l for l, f1 in probe.probe_f1_by_letter.items() if f1 > opts.min_probe_f1]
+    if len(passing) < opts.min_letters:
         weak = ", ".join(f"{l}={f1:.2f}" for l, f1 in sorted(probe.probe_f1_by_letter.items(), key=lambda t: t[1])[:6])
         raise AbsorptionNotApplicable(
-            f"only {len(passing)} of 26 letters have first-letter probe F1 > {cfg.absorption_min_probe_f1} "
+            f"only {len(passing)} of 26 letters have first-letter probe F1 > {opts.min_probe_f1} "
             f"at layer {probe.layer} of {model_name} with {len(probe.words)} words (sae-bench needs "
-            f">= {cfg.absorption_min_letters}; weakest: {weak}); try a larger eval.absorption_word_sample "
+            f">= {opts.min_letters}; weakest: {weak}); try a larger eval.options.absorption.word_sample "
             f"or another layer")
     return passing
 
@@ -182,31 +216,36 @@ class SharedPromptActivations:
 
     def save(self) -> None:
         if self.added:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            torch.save(self.acts, tmp)
-            tmp.replace(self.path)
+            write_atomic(self.path, lambda tmp: torch.save(self.acts, tmp))
 
 
-def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, cfg: EvalConfig) -> tuple[AbsorptionResult, list[dict]]:
+def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: AbsorptionOptions,
+                   llm_batch_size: int) -> tuple[AbsorptionResult, list[dict]]:
     """sae-bench absorption metrics for one SAE against the shared probe artifacts.
 
     Returns the metrics and the per-letter table (one dict per letter with sae-bench's columns)."""
+    from sae_bench.evals.absorption import feature_absorption as fa
+    from sae_bench.evals.absorption.feature_absorption_calculator import FeatureAbsorptionCalculator
+    from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
+    from sae_bench.evals.absorption.main import _aggregate_results_df
+    from sae_bench.evals.absorption.prompting import first_letter_formatter
+
     layer = probe.layer
-    passing = set(check_letters(probe, cfg, model.cfg.model_name))
+    passing = set(check_letters(probe, opts, model.cfg.model_name))
     n_train = int(len(probe.words) * 0.8)
     precalc = n_train * sae.cfg.d_sae * 4 < 2 * 1024**3  # SAE codes of the train words fit in memory
     with stop_after_layer(model, layer):
         metrics_df = run_k_sparse_probing_experiment(
-            model=model, sae=sae, layer=layer, sae_name=sae_name, max_k_value=cfg.absorption_max_k,
+            model=model, sae=sae, layer=layer, sae_name=sae_name, max_k_value=opts.max_k,
             prompt_template=TEMPLATE, prompt_token_pos=probe.token_pos, device=str(sae.device),
             experiment_dir=probe.root / "k_sparse_probing", probes_dir=probe.probes_dir, force=True,
             f1_jump_threshold=F1_JUMP_THRESHOLD, k_sparse_probe_l1_decay=L1_DECAY,
-            k_sparse_probe_num_epochs=cfg.absorption_probe_epochs, precalc_k_sparse_probe_sae_acts=precalc,
+            k_sparse_probe_num_epochs=opts.probe_epochs, precalc_k_sparse_probe_sae_acts=precalc,
             verbose=False)
     # In-context examples come from the word sample (sae-bench would use the whole vocabulary, whose
     # odd tokens break its equal-length prompts); seeded so every SAE sees the same prompts and the
     # prompt activations are shared.
-    random.seed(cfg.word_sample_seed + 1)
+    random.seed(opts.word_sample_seed + 1)
     with file_lock(probe.root / ".prompts.lock"):
         prompt_model = SharedPromptActivations(model, layer, probe.token_pos, probe.root / "prompt_acts.pt")
         calculator = FeatureAbsorptionCalculator(
@@ -216,7 +255,7 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, cfg: EvalCo
             absorption_fraction_probe_cos_sim_threshold=fa.ABSORPTION_FRACTION_PROBE_COS_THRESHOLD,
             probe_projection_proportion_threshold=fa.ABSORPTION_PROBE_PROJECTION_PROPORTION_THRESHOLD,
             absorption_fraction_max_absorbing_latents=fa.ABSORPTION_FRACTION_MAX_ABSORBING_LATENTS,
-            batch_size=cfg.llm_batch_size)
+            batch_size=llm_batch_size)
         raw_df = fa.load_and_run_calculate_projections_and_cos_sims(
             prompt_model, sae, calculator, metrics_df, sae_name=sae_name, layer=layer, probes_dir=probe.probes_dir,
             sparse_probing_task_output_dir=probe.root / "k_sparse_probing" / sae_name, device=str(sae.device))
@@ -231,7 +270,7 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, cfg: EvalCo
         letters.append({
             "letter": letter,
             "probe_f1": float(f1_probe[letter]),
-            "included": bool(f1_probe[letter] > cfg.absorption_min_probe_f1 and row is not None),
+            "included": bool(f1_probe[letter] > opts.min_probe_f1 and row is not None),
             "absorption_fraction": float(row["mean_absorption_fraction"]) if row is not None else float("nan"),
             "full_absorption_rate": float(row["full_absorption_rate"]) if row is not None else float("nan"),
             "num_split_features": int(row["num_split_feats"]) if row is not None else 0,
@@ -258,3 +297,15 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, cfg: EvalCo
             result[f"letter/{r['letter']}/{key}"] = r[key]
     result.prompt_forwards = prompt_model.added
     return result, letters
+
+
+def run(inputs: EvalInputs, opts: AbsorptionOptions) -> EvalOutput:
+    probe = ensure_probe(inputs.model, inputs.meta.layer, inputs.artifacts_dir, opts, inputs.common)
+    metrics, letters = run_absorption(inputs.model, inputs.sae, inputs.meta.name, probe, opts,
+                                      inputs.common.llm_batch_size)
+    return EvalOutput(dict(metrics), {"letters": letters, "token_pos": probe.token_pos, "n_words": len(probe.words),
+                                      "prompt_forwards": metrics.prompt_forwards})
+
+
+ABSORPTION = register(EvalSpec("absorption", "sae-bench first-letter feature absorption (probe shared per run)",
+                               run, options=AbsorptionOptions))

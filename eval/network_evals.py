@@ -10,8 +10,12 @@ import os
 import socket
 from pathlib import Path
 
-import pipeline
-from eval.config import NETWORK_EVALS, EvalConfig
+from dataclasses import dataclass
+from functools import partial
+
+from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
+from fc_base import online
+from fc_base.errors import check
 
 NEEDS = {
     "scr": "the Hugging Face Hub datasets LabHC/bias_in_bios and canrager/amazon_reviews_mcauley_1and5",
@@ -31,6 +35,16 @@ MODULES = {
 }
 
 
+@dataclass
+class NetworkOptions(EvalOptions):
+    section = "network"
+    hub_check_timeout_s: float = 3.0
+    """Seconds to wait for the Hugging Face Hub / API endpoints before recording an eval as skipped."""
+
+    def __post_init__(self) -> None:
+        check(self.hub_check_timeout_s > 0, "eval.options.network.hub_check_timeout_s must be > 0")
+
+
 def _reachable(host: str, timeout: float) -> bool:
     try:
         with socket.create_connection((host, 443), timeout=timeout):
@@ -47,24 +61,23 @@ def openai_api_key() -> str | None:
     return path.read_text().strip() or None if path.is_file() else None
 
 
-def unavailable_reason(eval_name: str, cfg: EvalConfig) -> str | None:
+def unavailable_reason(eval_name: str, common) -> str | None:
     """Why ``eval_name`` cannot run here (None when it can); never waits longer than the timeout."""
-    if eval_name not in NETWORK_EVALS:
-        return None
+    timeout = common.option(NetworkOptions).hub_check_timeout_s
     need = NEEDS[eval_name]
     if eval_name == "autointerp" and openai_api_key() is None:
         return f"needs {need}; no API key is set"
-    if not pipeline.online():
+    if not online():
         return f"needs {need}; the Hub is off here (HF_HUB_OFFLINE=1; set FC_SAE_ONLINE=1 where it is reachable)"
     hub = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    if not _reachable(hub, cfg.hub_check_timeout_s):
+    if not _reachable(hub, timeout):
         return f"needs {need}; {hub} is unreachable from here"
-    if eval_name == "autointerp" and not _reachable("api.openai.com", cfg.hub_check_timeout_s):
+    if eval_name == "autointerp" and not _reachable("api.openai.com", timeout):
         return f"needs {need}; api.openai.com is unreachable from here"
     return None
 
 
-def run_network_eval(eval_name: str, sae, sae_name: str, run_dir: Path, cfg: EvalConfig,
+def run_network_eval(eval_name: str, sae, sae_name: str, artifacts_dir: Path, common,
                      model_name: str) -> dict[str, float]:
     """Run sae-bench's ``run_eval`` of a network eval and flatten its metrics (``category/metric``)."""
     from sae_bench.sae_bench_utils.general_utils import get_results_filepath
@@ -73,12 +86,12 @@ def run_network_eval(eval_name: str, sae, sae_name: str, run_dir: Path, cfg: Eva
     main = importlib.import_module(module_name + ".main")
     config_cls = getattr(importlib.import_module(module_name + ".eval_config"), config_name)
     config = config_cls(model_name=model_name)
-    for field, value in (("llm_dtype", cfg.llm_dtype), ("llm_batch_size", cfg.llm_batch_size)):
+    for field, value in (("llm_dtype", common.llm_dtype), ("llm_batch_size", common.llm_batch_size)):
         if hasattr(config, field):
             setattr(config, field, value)
     if eval_name == "tpp":
         config.perform_scr = False
-    root = Path(run_dir) / "eval_artifacts" / eval_name
+    root = Path(artifacts_dir) / eval_name
     output = root / "outputs"
     output.mkdir(parents=True, exist_ok=True)
     kwargs = {"force_rerun": True}
@@ -97,3 +110,15 @@ def run_network_eval(eval_name: str, sae, sae_name: str, run_dir: Path, cfg: Eva
     if not metrics:
         raise RuntimeError(f"sae-bench {eval_name} wrote no numeric metrics")
     return metrics
+
+
+def run(eval_name: str, inputs: EvalInputs, opts: NetworkOptions) -> EvalOutput:
+    return EvalOutput(run_network_eval(eval_name, inputs.sae, inputs.meta.name, inputs.artifacts_dir, inputs.common,
+                                       inputs.meta.model_name), {})
+
+
+# One spec per sae-bench eval; they share this adapter and its options.
+NETWORK_EVALS = tuple(register(EvalSpec(
+    name, f"sae-bench {name} (needs the Hub or an API; a skipped row with the reason offline)",
+    partial(run, name), options=NetworkOptions, sae_dtype="llm", common_settings=("llm_dtype", "llm_batch_size"),
+    unavailable=partial(unavailable_reason, name))) for name in MODULES)

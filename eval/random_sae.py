@@ -2,12 +2,11 @@
 training: the eval cost depends on shapes, not on what the weights learned."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from eval.sae import META_FILE, WEIGHTS_FILE
+from fc_base.sae_folder import WEIGHTS_FILE, SAEMeta
 
 
 def write_random_sae(folder: str | Path, *, trainer: str, seed: int, d_in: int, d_sae: int,
@@ -33,11 +32,8 @@ def write_random_sae(folder: str | Path, *, trainer: str, seed: int, d_in: int, 
     if architecture == "jumprelu":
         weights["threshold"] = torch.full((d_sae,), 0.1)
     save_file(weights, str(folder / WEIGHTS_FILE))
-    meta = {
-        "name": folder.name, "trainer": trainer, "seed": seed, "architecture": architecture,
-        "k": k if architecture == "topk" else None, "d_in": d_in, "d_sae": d_sae, "model_name": model_name,
-        "model_source": model_source, "layer": layer, "hook_name": f"blocks.{layer}.hook_resid_post",
-        "train_tokens": 0, "l0_target": k, "final_l0": None, "norm_scale": input_scale,
-    }
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    SAEMeta(name=folder.name, trainer=trainer, seed=seed, architecture=architecture,
+            k=k if architecture == "topk" else None, d_in=d_in, d_sae=d_sae, model_name=model_name,
+            model_source=model_source, layer=layer, hook_name=f"blocks.{layer}.hook_resid_post", train_tokens=0,
+            l0_target=k, final_l0=None, norm_scale=input_scale).write(folder)
     return folder

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 import pandas as pd
 
+from fc_base.io import write_json_atomic, write_parquet_atomic
+
 if TYPE_CHECKING:  # the table code stays free of torch/sae-bench imports (fast CLI, light writers)
-    from eval.sae import SAEMeta
+    from fc_base.sae_folder import SAEMeta
 
 RESULTS_FILE = "results.parquet"
 COLUMNS = ("run", "sae", "trainer", "seed", "model", "layer", "hook", "d_sae", "k", "l0_target",
@@ -64,9 +65,7 @@ def write_task(path: Path, rows: list[dict[str, Any]], details: dict[str, Any] |
     """Store one task's rows (and optional details, e.g. per-letter tables) atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"rows": rows, "details": details or {}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, default=str, allow_nan=True) + "\n")
-    tmp.replace(path)
+    write_json_atomic(path, payload, indent=1, default=str, allow_nan=True)
     return path
 
 
@@ -99,15 +98,7 @@ def write_table(path: Path, df: pd.DataFrame) -> Path:
     """Write the table atomically: a temp file in the same folder, fsynced, then renamed over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        df.to_parquet(tmp, index=False)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_parquet_atomic(path, df)
 
 
 def aggregate_tasks(run_dir: Path) -> Path:

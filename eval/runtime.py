@@ -1,42 +1,11 @@
-"""What every eval adapter shares: the language model (loaded once per process), a forward that
-stops after the SAE's layer, and a file lock for artifacts shared by the SAEs of a run."""
+"""What eval adapters share: a forward that stops after the SAE's layer, and a file lock for
+artifacts shared by the SAEs of a run."""
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import threading
 from pathlib import Path
 from typing import Iterator
-
-import pipeline  # noqa: F401  (Hugging Face environment before torch/transformers imports)
-import torch
-
-from eval.config import EvalConfig
-
-_MODELS: dict[tuple[str, str, str, str], object] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def eval_device(cfg: EvalConfig) -> str:
-    from pipeline.models import resolve_device
-
-    return resolve_device(cfg.device)
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def hooked_model(name: str, source: str, cfg: EvalConfig):
-    """The TransformerLens model by official name; loaded once per process and reused by every SAE."""
-    from pipeline.models import load_hooked_model
-
-    key = (name, source, cfg.llm_dtype, eval_device(cfg))
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS.clear()  # one model in memory at a time
-            _MODELS[key] = load_hooked_model(name, source=source, dtype=cfg.llm_dtype, device=key[3])
-        return _MODELS[key]
 
 
 @contextlib.contextmanager

@@ -1,82 +1,19 @@
 """Trained SAE folders as SAE-Bench custom SAEs.
 
-A folder ``run_dir/saes/<name>/`` holds ``sae_weights.safetensors`` (W_enc (d_in, d_sae), W_dec
-(d_sae, d_in), b_enc, b_dec, optional threshold) and ``sae_meta.json`` (written last: its presence
-means the SAE is complete).  :class:`FolderSAE` implements the project's encoding rule for every
+The folder schema (file names, ``sae_meta.json``) is owned by :mod:`fc_base.sae_folder` and
+re-exported here.  :class:`FolderSAE` implements the project's encoding rule for every
 architecture (topk, relu, jumprelu) on raw model activations.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
 from pathlib import Path
 
-import pipeline  # noqa: F401  (Hugging Face environment before torch/transformers imports)
+import fc_base  # noqa: F401  (Hugging Face environment before torch/transformers imports)
 import torch
 from sae_bench.custom_saes.base_sae import BaseSAE
 
-ARCHITECTURES = ("topk", "relu", "jumprelu")
-META_FILE = "sae_meta.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
-
-
-class SAEFolderError(ValueError):
-    """A trained-SAE folder is missing, incomplete or inconsistent."""
-
-
-@dataclass(frozen=True)
-class SAEMeta:
-    """The ``sae_meta.json`` of a trained SAE (the fields the evaluation and the results table use)."""
-
-    name: str
-    trainer: str
-    seed: int
-    architecture: str
-    k: int | None
-    d_in: int
-    d_sae: int
-    model_name: str
-    model_source: str
-    layer: int
-    hook_name: str
-    train_tokens: int
-    l0_target: float | None
-    final_l0: float | None
-    norm_scale: float | None
-
-    @staticmethod
-    def read(folder: Path) -> "SAEMeta":
-        path = Path(folder) / META_FILE
-        if not path.is_file():
-            raise SAEFolderError(f"{folder} is not a finished SAE folder: {META_FILE} is missing")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise SAEFolderError(f"{path} is not valid JSON: {e}") from None
-        wanted = {f.name for f in fields(SAEMeta)}
-        optional = {"l0_target", "final_l0", "norm_scale", "k", "model_source", "train_tokens"}
-        missing = sorted(wanted - set(raw) - optional)
-        if missing:
-            raise SAEFolderError(f"{path} lacks field(s) {', '.join(missing)}")
-        values = {name: raw.get(name) for name in wanted}
-        values.setdefault("model_source", "auto")
-        values["model_source"] = values["model_source"] or "auto"
-        values["train_tokens"] = int(values["train_tokens"] or 0)
-        meta = SAEMeta(**values)
-        if meta.architecture not in ARCHITECTURES:
-            raise SAEFolderError(f"{path}: architecture must be one of {ARCHITECTURES}, got {meta.architecture!r}")
-        if meta.architecture == "topk" and not (isinstance(meta.k, int) and 0 < meta.k <= meta.d_sae):
-            raise SAEFolderError(f"{path}: a topk SAE needs k in 1..d_sae, got k={meta.k!r}")
-        return meta
-
-
-def list_sae_folders(run_dir: Path) -> list[Path]:
-    """Finished SAE folders of a run (those with ``sae_meta.json``), sorted by name."""
-    root = Path(run_dir) / "saes"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if (p / META_FILE).is_file())
-
+from fc_base.sae_folder import (ARCHITECTURES, META_FILE, WEIGHTS_FILE, SAEFolderError, SAEMeta,  # noqa: F401
+                                list_sae_folders)
 
 class FolderSAE(BaseSAE):
     """A trained SAE folder as an SAE-Bench custom SAE.

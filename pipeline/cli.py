@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.cli_support import run_command
+from fc_base.cli import run_command
 
 import pipeline  # noqa: F401  (environment first)
 
@@ -100,6 +100,21 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _recipes_epilog() -> str:
+    from trainers.recipe import recipes
+
+    lines = [f"  {r.name:16s} {r.description}" for r in recipes()]
+    return ("trainer recipes (train.trainers; knobs under train.options.<section>):\n" + "\n".join(lines)
+            + "\nFC guidance composes with every architecture: fc_<recipe> splits high absorption-score latents.")
+
+
+def _evals_epilog() -> str:
+    from eval.spec import eval_specs
+
+    lines = [f"  {e.name:26s} {e.description}" for e in eval_specs()]
+    return "evals (eval.evals; knobs under eval.options.<section>):\n" + "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fc-sae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,14 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("eval", cmd_eval, "run SAE-Bench evals and write results.parquet"),
                                  ("report", cmd_report, "write plots and report/index.html"),
                                  ("run", cmd_run, "run every stage in-process (no Prefect)")]:
-        p = sub.add_parser(name, help=helptext)
+        epilog = {"train": _recipes_epilog, "eval": _evals_epilog}.get(name, str)()
+        p = sub.add_parser(name, help=helptext, description=helptext, epilog=epilog or None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_config_args(p)
         p.set_defaults(func=func)
         if name == "train":
-            p.add_argument("--trainer", help="only this trainer (topk, fc_topk, relu_l1, batchtopk, matryoshka)")
+            p.add_argument("--trainer", help="only this trainer recipe (listed below)")
             p.add_argument("--seed", type=int, help="only this seed")
         if name == "eval":
-            p.add_argument("--eval", action="append", default=[], help="only this eval (repeatable)")
+            p.add_argument("--eval", action="append", default=[], help="only this eval (repeatable; listed below)")
             p.add_argument("--sae", action="append", default=[], help="only this SAE (repeatable)")
 
     res = sub.add_parser("results", help="print the trainer x metric table")

@@ -13,16 +13,11 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from eval.config import EvalConfig
+from fc_base.errors import ConfigError  # noqa: F401  (re-exported: the error every config raises)
+from fc_base.errors import check as _check
+from fc_base.io import write_text_atomic
+from fc_base.torch_utils import DTYPES
 from trainers.config import TrainConfig
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field and what is allowed."""
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
 
 
 @dataclass
@@ -106,8 +101,6 @@ class HarvestConfig:
         _check(self.n_workers >= 1, "harvest.n_workers must be >= 1")
 
 
-DTYPES = {"float32", "bfloat16", "float16"}
-
 
 @dataclass
 class RunConfig:
@@ -134,10 +127,7 @@ class RunConfig:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json() + "\n")
-        tmp.replace(path)
-        return path
+        return write_text_atomic(path, self.to_json() + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
@@ -186,6 +176,8 @@ def _build(cls, data: Any, prefix: str):
     """Build a (nested) dataclass from a dict, rejecting unknown keys with the full dotted path."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    if hasattr(cls, "upgrade_legacy"):  # earlier config files kept some fields elsewhere
+        data = cls.upgrade_legacy(data)
     hints = get_type_hints(cls)
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)

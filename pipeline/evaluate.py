@@ -7,6 +7,7 @@ is newer than its SAE and was made with the same settings is not re-run (``force
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -16,31 +17,29 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from eval.config import EVALS, EvalConfigError
+from eval.config import LEGACY_FIELDS
 from eval.results import aggregate_tasks, make_rows, read_task, task_path, write_task
-from eval.sae import META_FILE, SAEMeta, list_sae_folders, load_sae
+from eval.spec import EvalInputs, EvalSpec, get_eval
+from fc_base.sae_folder import META_FILE, SAES_DIR, SAEMeta, list_sae_folders
+from fc_base.torch_utils import resolve_device, torch_dtype
 from pipeline.config import RunConfig
 
 # Evals in one process run one at a time: they share the loaded model (and patch its forward to stop
 # early), sae-bench seeds Python's global RNG, and each eval already uses every core.  Thread-pool
 # task runners therefore queue here; process-based runners run in parallel, coordinated by file locks.
 _COMPUTE_LOCK = threading.Lock()
-
-_SETTINGS = {
-    "absorption": ("absorption_word_sample", "word_sample_seed", "llm_dtype", "absorption_max_k",
-                   "absorption_probe_epochs", "absorption_min_probe_f1", "absorption_min_letters"),
-    "core": ("llm_dtype", "core_n_docs", "core_context_length", "core_batch_size_prompts",
-             "core_reconstruction_batches", "core_sparsity_batches"),
-    "sparse_probing_sae_probes": ("llm_dtype", "sae_probes_datasets", "sae_probes_ks", "sae_probes_max_seq_len",
-                                  "sae_probes_llm_baseline"),
-}
+_MODELS: dict[tuple[str, str, str, str], object] = {}
+_MODELS_LOCK = threading.Lock()
+ARTIFACTS_DIR = "eval_artifacts"
 
 
 def eval_settings(cfg: RunConfig, eval_name: str) -> dict[str, Any]:
     """The settings that determine an eval's result (stored in the ``eval_config`` column)."""
-    names = _SETTINGS.get(eval_name, ("llm_dtype", "llm_batch_size"))
-    settings = {name: getattr(cfg.eval, name) for name in names}
-    if eval_name == "core":
+    spec = get_eval(eval_name)
+    settings = {name: getattr(cfg.eval, name) for name in spec.common_settings}
+    if spec.options is not None:
+        settings.update(dataclasses.asdict(cfg.eval.option(spec.options)))
+    if spec.text_docs is not None:
         settings["corpus"] = cfg.corpus.source
         settings["corpus_seed"] = cfg.corpus.seed
     return settings
@@ -50,41 +49,51 @@ def _is_current(path: Path, sae_folder: Path, settings: dict[str, Any]) -> bool:
     if not path.is_file() or path.stat().st_mtime < (sae_folder / META_FILE).stat().st_mtime:
         return False
     rows = read_task(path)["rows"]
-    return bool(rows) and rows[0]["status"] == "ok" and json.loads(rows[0]["eval_config"]) == json.loads(
-        json.dumps(settings, sort_keys=True, default=str))
+    if not rows or rows[0]["status"] != "ok":
+        return False
+    # Task files of earlier versions name the options by their old flat config fields.
+    stored = {LEGACY_FIELDS.get(k, (None, k))[1]: v for k, v in json.loads(rows[0]["eval_config"]).items()}
+    return stored == json.loads(json.dumps(settings, sort_keys=True, default=str))
 
 
-def _compute(eval_name: str, cfg: RunConfig, run_dir: Path, sae_folder: Path, meta: SAEMeta
+def hooked_model(name: str, source: str, cfg: RunConfig):
+    """The TransformerLens model by official name; loaded once per process and reused by every SAE."""
+    from pipeline.models import load_hooked_model
+
+    key = (name, source, cfg.eval.llm_dtype, resolve_device(cfg.eval.device))
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS.clear()  # one model in memory at a time
+            _MODELS[key] = load_hooked_model(name, source=source, dtype=cfg.eval.llm_dtype, device=key[3])
+        return _MODELS[key]
+
+
+def ensure_text_dataset(run_dir: Path, cfg: RunConfig, n_docs: int) -> Path:
+    """The local text dataset (parquet, ``text`` column) of the run's corpus, written once per run."""
+    from eval.runtime import file_lock
+    from pipeline.corpus import write_text_dataset
+
+    folder = Path(run_dir) / ARTIFACTS_DIR / "core_text" / f"docs{n_docs}"
+    with file_lock(folder.parent / ".lock"):
+        if not (folder / "train.parquet").is_file():
+            write_text_dataset(cfg.corpus, folder, n_docs)
+    return folder
+
+
+def _compute(spec: EvalSpec, cfg: RunConfig, run_dir: Path, sae_folder: Path, meta: SAEMeta
              ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Run one eval on one SAE: (metrics, details)."""
-    from eval.runtime import eval_device, hooked_model, torch_dtype
+    """Run one eval on one SAE: (metrics, details). The model, the SAE and any dataset are loaded here
+    and passed in, so eval modules need nothing from the pipeline."""
+    from eval.sae import load_sae
 
-    ecfg = cfg.eval
-    device = eval_device(ecfg)
-    model = hooked_model(meta.model_name, meta.model_source, ecfg)
-    if eval_name == "absorption":
-        from eval.absorption import ensure_probe, run_absorption
-
-        sae = load_sae(sae_folder, device=device)  # float32: the probe and upcast activations are float32
-        probe = ensure_probe(model, meta.layer, run_dir, ecfg)
-        metrics, letters = run_absorption(model, sae, meta.name, probe, ecfg)
-        return dict(metrics), {"letters": letters, "token_pos": probe.token_pos, "n_words": len(probe.words),
-                               "prompt_forwards": metrics.prompt_forwards}
-    if eval_name == "core":
-        from eval.core import ensure_text_dataset, run_core
-
-        sae = load_sae(sae_folder, device=device, dtype=torch_dtype(ecfg.llm_dtype))
-        dataset = ensure_text_dataset(run_dir, cfg.corpus, ecfg)
-        return run_core(model, sae, meta.name, dataset, ecfg), {}
-    if eval_name == "sparse_probing_sae_probes":
-        from eval.sae_probes import run_sae_probes
-
-        sae = load_sae(sae_folder, device=device)
-        return run_sae_probes(model, sae, meta.name, run_dir, ecfg, meta.model_name), {}
-    from eval.network_evals import run_network_eval
-
-    sae = load_sae(sae_folder, device=device, dtype=torch_dtype(ecfg.llm_dtype))
-    return run_network_eval(eval_name, sae, meta.name, run_dir, ecfg, meta.model_name), {}
+    options = cfg.eval.option(spec.options) if spec.options is not None else None
+    dtype = torch_dtype(cfg.eval.llm_dtype if spec.sae_dtype == "llm" else spec.sae_dtype)
+    text = ensure_text_dataset(run_dir, cfg, spec.text_docs(options)) if spec.text_docs is not None else None
+    inputs = EvalInputs(model=hooked_model(meta.model_name, meta.model_source, cfg),
+                        sae=load_sae(sae_folder, device=resolve_device(cfg.eval.device), dtype=dtype),
+                        meta=meta, artifacts_dir=run_dir / ARTIFACTS_DIR, common=cfg.eval, text_dataset=text)
+    metrics, details = spec.run(inputs, options)
+    return dict(metrics), dict(details)
 
 
 def run_eval_task(cfg: RunConfig, run_dir: str | Path, sae_name: str, eval_name: str, *,
@@ -93,25 +102,22 @@ def run_eval_task(cfg: RunConfig, run_dir: str | Path, sae_name: str, eval_name:
 
     Never raises for a failing eval (that becomes a ``failed`` row); raises only for bad input
     (unknown eval, missing SAE folder)."""
-    from eval.network_evals import unavailable_reason
-
     run_dir = Path(run_dir)
-    if eval_name not in EVALS:
-        raise EvalConfigError(f"unknown eval {eval_name!r} (allowed: {', '.join(EVALS)})")
-    sae_folder = run_dir / "saes" / sae_name
+    spec = get_eval(eval_name)
+    sae_folder = run_dir / SAES_DIR / sae_name
     meta = SAEMeta.read(sae_folder)
     settings = eval_settings(cfg, eval_name)
     path = task_path(run_dir, sae_name, eval_name)
     if not force and _is_current(path, sae_folder, settings):
         return path
-    reason = unavailable_reason(eval_name, cfg.eval)
+    reason = spec.unavailable(cfg.eval) if spec.unavailable is not None else None
     if reason is not None:
         rows = make_rows(run_dir, meta, eval_name, {}, status="skipped", error=reason, eval_config=settings)
         return write_task(path, rows)
     try:
         with _COMPUTE_LOCK:
             start = time.monotonic()
-            metrics, details = _compute(eval_name, cfg, run_dir, sae_folder, meta)
+            metrics, details = _compute(spec, cfg, run_dir, sae_folder, meta)
     except Exception as e:  # one eval's failure must not stop the others
         error = f"{type(e).__name__}: {e}"
         rows = make_rows(run_dir, meta, eval_name, {}, status="failed", error=error, eval_config=settings)
@@ -125,20 +131,19 @@ def run_eval_task(cfg: RunConfig, run_dir: str | Path, sae_name: str, eval_name:
 def select_saes(run_dir: Path, saes: list[str] | None) -> list[str]:
     available = [p.name for p in list_sae_folders(run_dir)]
     if not available:
-        raise FileNotFoundError(f"no trained SAEs in {run_dir / 'saes'}: run `fc-sae train` first")
+        raise FileNotFoundError(f"no trained SAEs in {run_dir / SAES_DIR}: run `fc-sae train` first")
     if not saes:
         return available
     unknown = [s for s in saes if s not in available]
     if unknown:
-        raise FileNotFoundError(f"no finished SAE {unknown[0]!r} in {run_dir / 'saes'} (available: {', '.join(available)})")
+        raise FileNotFoundError(f"no finished SAE {unknown[0]!r} in {run_dir / SAES_DIR} (available: {', '.join(available)})")
     return list(saes)
 
 
 def select_evals(cfg: RunConfig, evals: list[str] | None) -> list[str]:
     chosen = list(evals) if evals else list(cfg.eval.evals)
-    unknown = [e for e in chosen if e not in EVALS]
-    if unknown:
-        raise EvalConfigError(f"unknown eval {unknown[0]!r} (allowed: {', '.join(EVALS)})")
+    for name in chosen:
+        get_eval(name)  # one clear error for an unknown name
     return chosen
 
 

@@ -26,7 +26,7 @@ def harvest_worker(cfg_dict: dict, root: str, groups: list[int], torch_threads: 
     import torch
 
     import pipeline  # noqa: F401  (offline Hugging Face environment before transformers loads)
-    from pipeline.harvest import GroupHarvester
+    from pipeline.harvest_groups import GroupHarvester
 
     torch.set_num_threads(torch_threads)
     cfg = RunConfig.from_dict(cfg_dict)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
+from fc_base.torch_utils import DTYPES, resolve_device, torch_dtype  # noqa: F401  (resolve_device re-exported)
 
 EMBEDDED_GEMMA = "google/gemma-3-270m"
 PROVENANCE_FILE = "fc_sae_provenance.json"
@@ -202,20 +203,9 @@ def model_provenance(name: str, *, source: str = "auto") -> dict[str, Any]:
 
 
 def _torch_dtype(dtype: str):
-    import torch
-
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}") from None
-
-
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    return torch_dtype(dtype)
 
 
 def load_tokenizer(name: str, *, source: str = "auto"):

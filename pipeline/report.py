@@ -14,7 +14,7 @@ import pandas as pd
 
 from eval import plots
 from eval.results import load, problems, summary_metrics
-from eval.sae import list_sae_folders
+from fc_base.sae_folder import list_sae_folders
 from pipeline.config import RunConfig
 
 PLOTS = (  # (file, title, what it shows)

@@ -7,22 +7,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fc_base.sae_folder import SAES_DIR, is_complete, sae_name
 from pipeline.config import RunConfig
-from trainers.config import TRAINERS
 from trainers.data import ActivationSource
 from trainers.export import ModelInfo
 from trainers.loop import train_sae
-
-COMPLETE_MARKER = "sae_meta.json"
-
-
-def sae_name(trainer: str, seed: int) -> str:
-    return f"{trainer}_s{seed}"
+from trainers.recipe import get_recipe
 
 
 def planned_saes(cfg: RunConfig, trainer: str | None = None, seed: int | None = None) -> list[tuple[str, int]]:
-    if trainer is not None and trainer not in TRAINERS:
-        raise ValueError(f"unknown trainer {trainer!r} (allowed: {', '.join(TRAINERS)})")
+    if trainer is not None:
+        get_recipe(trainer)  # one clear error for an unknown name
     trainers = [trainer] if trainer is not None else list(cfg.train.trainers)
     seeds = [seed] if seed is not None else list(cfg.train.seeds)
     return [(t, s) for t in trainers for s in seeds]
@@ -50,8 +45,8 @@ def train(cfg: RunConfig, run_dir: str | Path, trainer: str | None = None, seed:
     ``source`` replaces the run's activation cache (benchmarks and tests feed tensors)."""
     run_dir = Path(run_dir)
     plan = planned_saes(cfg, trainer, seed)
-    out_dirs = [run_dir / "saes" / sae_name(t, s) for t, s in plan]
-    todo = [(t, s, d) for (t, s), d in zip(plan, out_dirs) if not (d / COMPLETE_MARKER).exists()]
+    out_dirs = [run_dir / SAES_DIR / sae_name(t, s) for t, s in plan]
+    todo = [(t, s, d) for (t, s), d in zip(plan, out_dirs) if not is_complete(d)]
     if todo:
         source = source if source is not None else open_activations(run_dir)
         info = model_info(cfg)

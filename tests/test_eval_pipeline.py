@@ -54,7 +54,7 @@ def test_absorption_probe_is_shared_and_k_sparse_probes_are_per_sae(run_dir):
                 for n in sorted(n for n, *_ in SAE_SPECS)]  # evaluation order
     assert forwards[0] > 0 and forwards[1:] == [0] * (len(SAE_SPECS) - 1)  # prompt activations shared
     words = json.loads((roots[0] / "words.json").read_text())
-    assert len(words) == tiny_config().eval.absorption_word_sample == len(set(words))
+    assert len(words) == tiny_config().eval.options["absorption"]["word_sample"] == len(set(words))
 
 
 def test_core_rows_hold_reconstruction_and_sparsity(table):
@@ -100,7 +100,7 @@ def test_forced_failure_leaves_other_rows_and_a_failed_row(run_dir, tmp_path):
     from pipeline.config import apply_overrides
     from pipeline.evaluate import aggregate, run_eval_task
 
-    cfg = apply_overrides(tiny_config(), ['eval.sae_probes_datasets=["no_such_dataset"]'])
+    cfg = apply_overrides(tiny_config(), ['eval.options.sae_probes.datasets=["no_such_dataset"]'])
     run_eval_task(cfg, run_dir, "topk_s1", "sparse_probing_sae_probes")
     aggregate(cfg, run_dir)
     table = load(run_dir)
@@ -134,3 +134,15 @@ def test_bad_requests_raise_one_clear_error(run_dir):
         evaluate(tiny_config(), run_dir, evals=["bogus"])
     with pytest.raises(FileNotFoundError, match="no trained SAEs"):
         evaluate(tiny_config(), run_dir / "empty")
+
+
+def test_every_registered_eval_runs_or_is_skipped_with_its_reason(run_dir):
+    """The evals the session run leaves out need the network: offline each becomes a skipped row."""
+    from eval.spec import eval_names
+    from pipeline.evaluate import run_eval_task
+
+    others = [name for name in eval_names() if name not in EVALS]
+    assert others, "the session run already covers every eval"
+    for name in others:
+        rows = json.loads(run_eval_task(tiny_config(), run_dir, "topk_s0", name).read_text())["rows"]
+        assert len(rows) == 1 and rows[0]["status"] == "skipped" and "needs" in rows[0]["error"], name

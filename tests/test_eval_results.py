@@ -114,11 +114,13 @@ def test_missing_table_and_bad_rows_raise_clear_errors(tmp_path):
 @pytest.mark.parametrize("kwargs, message", [
     ({"evals": ["absorption", "nope"]}, "unknown eval 'nope'"),
     ({"evals": ["core", "core"]}, "lists an eval twice"),
-    ({"absorption_word_sample": 10}, "absorption_word_sample must be None"),
+    ({"options": {"absorption": {"word_sample": 10}}}, "absorption.word_sample must be None"),
     ({"llm_dtype": "int8"}, "llm_dtype must be one of"),
-    ({"core_reconstruction_batches": 0}, "core_reconstruction_batches must be a positive integer"),
-    ({"absorption_min_letters": 27}, "absorption_min_letters must be in 1..26"),
-    ({"sae_probes_ks": [0]}, "sae_probes_ks must be positive"),
+    ({"options": {"core": {"reconstruction_batches": 0}}}, "core.reconstruction_batches must be a positive integer"),
+        ({"options": {"core": {"nope": 1}}}, "unknown config field eval.options.core.nope"),
+        ({"options": {"nope": {}}}, "unknown config field eval.options.nope"),
+    ({"options": {"absorption": {"min_letters": 27}}}, "absorption.min_letters must be in 1..26"),
+    ({"options": {"sae_probes": {"ks": [0]}}}, "sae_probes.ks must be positive"),
 ])
 def test_eval_config_rejects_bad_values(kwargs, message):
     with pytest.raises(EvalConfigError, match=message):
@@ -128,6 +130,6 @@ def test_eval_config_rejects_bad_values(kwargs, message):
 def test_eval_presets_exist_and_validate():
     for name in ("demo", "pythia70m", "tiny"):
         assert EvalConfig.preset(name).evals
-    assert EvalConfig.preset("pythia70m").absorption_word_sample is None
+    assert EvalConfig.preset("pythia70m").options["absorption"]["word_sample"] is None
     with pytest.raises(EvalConfigError, match="no eval preset"):
         EvalConfig.preset("huge")

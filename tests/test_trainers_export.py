@@ -40,7 +40,7 @@ def test_sae_lens_loads_the_export_and_matches_our_encode_decode(trainer, tmp_pa
     from sae_lens import SAE
 
     gen = torch.Generator().manual_seed(0)
-    model = build_sae(trainer, TrainConfig(d_sae=M, k=K, matryoshka_fractions=[0.25, 0.75]), D, gen)
+    model = build_sae(trainer, TrainConfig(d_sae=M, k=K, options={"matryoshka": {"group_fractions": [0.25, 0.75]}}), D, gen)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=gen))

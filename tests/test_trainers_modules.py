@@ -84,8 +84,8 @@ def test_lr_schedule_and_config_validation():
     assert lr_at(99, 100, cfg) == pytest.approx(0.05)
     with pytest.raises(TrainConfigError, match="train.trainers: unknown trainer 'gated'"):
         TrainConfig(trainers=["gated"])
-    with pytest.raises(TrainConfigError, match="matryoshka_fractions"):
-        TrainConfig(matryoshka_fractions=[0.5, 0.4])
+    with pytest.raises(TrainConfigError, match="group_fractions"):
+        TrainConfig(options={"matryoshka": {"group_fractions": [0.5, 0.4]}})
     for name in ("demo", "pythia70m", "tiny"):
         assert TrainConfig.preset(name).total_steps > 0
 
@@ -95,7 +95,7 @@ def test_training_step_under_bf16_autocast_gives_finite_fp32_gradients(trainer):
     """The loop uses bf16 autocast on GPU; the custom backward passes must cope with bf16 values."""
     from trainers.registry import build_sae
 
-    model = build_sae(trainer, TrainConfig(d_sae=64, k=4, matryoshka_fractions=[0.5, 0.5]), 16,
+    model = build_sae(trainer, TrainConfig(d_sae=64, k=4, options={"matryoshka": {"group_fractions": [0.5, 0.5]}}), 16,
                       torch.Generator().manual_seed(0))
     dead = torch.zeros(64, dtype=torch.bool)
     dead[:5] = True

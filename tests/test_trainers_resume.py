@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 INFO = ModelInfo("synthetic", "tiny-random", 0, "blocks.0.hook_resid_post")
 CFG = dict(d_sae=64, k=4, n_tokens=64 * 40, batch_size=64, resample_every=5, checkpoint_every=20,
            snapshot_every=5, log_every=3, reservoir_rows=512, dead_after_tokens=256, norm_rows=1024,
-           max_split_frac=0.05, seeds=[0], trainers=["fc_topk"], device="cpu")
+           options={"fc": {"max_split_frac": 0.05}}, seeds=[0], trainers=["fc_topk"], device="cpu")
 
 CHILD = textwrap.dedent("""
     import os, signal, sys

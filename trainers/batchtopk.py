@@ -2,9 +2,27 @@
 varies around k; inference uses a learned global threshold (JumpReLU-style)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from fc_base.errors import check
+from fc_base.options import Options
+from trainers.recipe import Recipe, register
 from trainers.sae import SparseAutoencoder, SparseCodes, StepOutput, auxk_loss, sparse_decode
+from trainers.topk import AuxKOptions
+
+
+@dataclass
+class BatchTopKOptions(Options):
+    """The learned inference threshold of the BatchTopK family (BatchTopK, Matryoshka)."""
+
+    section = "batchtopk"
+    threshold_beta: float = 0.999
+    """EMA decay of the inference threshold."""
+
+    def __post_init__(self) -> None:
+        check(0 <= self.threshold_beta < 1, "train.options.batchtopk.threshold_beta must be in [0, 1)")
 
 
 def batch_topk_codes(post_BM: torch.Tensor, k: int) -> SparseCodes:
@@ -66,3 +84,13 @@ class BatchTopKSAE(SparseAutoencoder):
         # The threshold compares pre-activations, which folding leaves unchanged.
         out["threshold"] = torch.full((self.d_sae,), float(self.threshold.clamp_min(0.0)))
         return out
+
+
+def build_batchtopk(d_in: int, cfg, generator: torch.Generator) -> BatchTopKSAE:
+    aux = cfg.option(AuxKOptions)
+    return BatchTopKSAE(d_in, cfg.d_sae, cfg.k, auxk_alpha=aux.alpha, auxk_k=aux.k,
+                        threshold_beta=cfg.option(BatchTopKOptions).threshold_beta, generator=generator)
+
+
+BATCHTOPK = register(Recipe("batchtopk", "BatchTopK SAE (k x batch largest activations; learned threshold)",
+                            build_batchtopk, options=(AuxKOptions, BatchTopKOptions)))

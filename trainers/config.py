@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-TRAINERS = ("topk", "fc_topk", "relu_l1", "batchtopk", "matryoshka")
+from fc_base.errors import ConfigError
+from fc_base.errors import check as _check
+from fc_base.options import resolve_sections, upgrade_legacy
 
+TrainConfigError = ConfigError  # the name older code and tests catch
 
-class TrainConfigError(ValueError):
-    """An invalid training configuration value."""
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise TrainConfigError(msg)
+# Flat fields of earlier configs -> (option section, field); old config.json files still load.
+LEGACY_FIELDS = {
+    "auxk_alpha": ("auxk", "alpha"), "auxk_k": ("auxk", "k"), "l1_coeff": ("relu_l1", "l1_coeff"),
+    "batchtopk_threshold_beta": ("batchtopk", "threshold_beta"),
+    "matryoshka_fractions": ("matryoshka", "group_fractions"),
+    "split_z": ("fc", "z"), "max_split_frac": ("fc", "max_split_frac"), "dead_freq": ("fc", "dead_freq"),
+    "split_min_rows": ("fc", "min_rows"),
+}
 
 
 @dataclass
@@ -39,7 +44,7 @@ class TrackerConfig:
 @dataclass
 class TrainConfig:
     trainers: list[str] = field(default_factory=lambda: ["topk", "fc_topk"])
-    """Trainer recipes to run; each is trained once per seed."""
+    """Trainer recipes to run (``fc-sae train --help`` lists them); each is trained once per seed."""
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     """Seeds; every trainer gets every seed so comparisons are seed-matched."""
     d_sae: int = 4096
@@ -61,34 +66,14 @@ class TrainConfig:
     """Fraction of the steps spent on a linear learning-rate warm-up from 0."""
     decay_start_frac: float = 0.8
     """Fraction of the steps after which the learning rate decays linearly to 0."""
-    auxk_alpha: float = 1.0 / 32.0
-    """Weight of the AuxK loss (TopK family) that revives dead latents."""
-    auxk_k: int | None = None
-    """Dead latents used by the AuxK reconstruction (None: d_model / 2)."""
     dead_after_tokens: int = 200_000
     """A latent that has not fired for this many tokens counts as dead (AuxK, resampling)."""
-    l1_coeff: float = 5.0
-    """L1 sparsity weight of the ReLU trainer (on activations times decoder norms)."""
     resample_every: int = 250
-    """Steps between FC split events (fc_topk) and dead-latent resampling events (relu_l1)."""
+    """Steps between maintenance events of recipes that have one (FC splits, dead-latent resampling)."""
     resample_stop_frac: float = 0.8
     """No splits or resampling after this fraction of training (the SAE must settle)."""
-    split_z: float = 1.0
-    """Split candidates have absorption score > mean + split_z * std."""
-    max_split_frac: float = 0.0025
-    """At most this fraction of the dictionary is split per event. Many simultaneous splits wreck
-    the reconstruction until training recovers (Gemma-3-270m demo: 1% per event left explained
-    variance negative during the splitting phase; 0.25% matched TopK's final loss)."""
-    dead_freq: float = 1e-5
-    """Latents whose firing frequency is below this are the first slots for split halves."""
     reservoir_rows: int = 8192
-    """Recent inputs kept to find the activation patterns of split candidates."""
-    split_min_rows: int = 8
-    """A candidate needs at least this many activating reservoir rows to be split."""
-    batchtopk_threshold_beta: float = 0.999
-    """EMA decay of the inference threshold learned by BatchTopK-family trainers."""
-    matryoshka_fractions: list[float] = field(default_factory=lambda: [0.0625, 0.0625, 0.125, 0.25, 0.5])
-    """Matryoshka group sizes as fractions of d_sae (must sum to 1); each prefix reconstructs."""
+    """Recent inputs kept for maintenance (split candidates' activation patterns, resampling)."""
     norm_rows: int = 32768
     """Rows read from the start of the cache to estimate the input normalisation factor."""
     log_every: int = 10
@@ -107,10 +92,16 @@ class TrainConfig:
     one thread: with small matrices, thread synchronisation costs more than it saves."""
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     """FrequencyConsistencyTracker settings (the tracker runs for every trainer)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Recipe option groups by section (auxk, relu_l1, batchtopk, matryoshka, fc, ...): each recipe
+    reads only its own; missing fields take their defaults (``fc-sae config show`` prints them all)."""
 
     def __post_init__(self) -> None:
-        bad = [t for t in self.trainers if t not in TRAINERS]
-        _check(not bad, f"train.trainers: unknown trainer {bad[0]!r} (allowed: {', '.join(TRAINERS)})"
+        from trainers.recipe import option_sections, recipe_names
+
+        known = recipe_names()
+        bad = [t for t in self.trainers if t not in known]
+        _check(not bad, f"train.trainers: unknown trainer {bad[0]!r} (allowed: {', '.join(known)})"
                if bad else "")
         _check(len(self.trainers) > 0, "train.trainers must not be empty")
         _check(len(self.seeds) > 0, "train.seeds must not be empty")
@@ -124,21 +115,11 @@ class TrainConfig:
         _check(0 <= self.warmup_frac < 1, f"train.warmup_frac must be in [0, 1), got {self.warmup_frac}")
         _check(self.warmup_frac <= self.decay_start_frac <= 1,
                f"train.decay_start_frac must be in [warmup_frac, 1], got {self.decay_start_frac}")
-        _check(self.auxk_alpha >= 0, f"train.auxk_alpha must be >= 0, got {self.auxk_alpha}")
-        _check(self.auxk_k is None or self.auxk_k > 0, f"train.auxk_k must be None or > 0, got {self.auxk_k}")
         _check(self.dead_after_tokens > 0, f"train.dead_after_tokens must be > 0, got {self.dead_after_tokens}")
-        _check(self.l1_coeff >= 0, f"train.l1_coeff must be >= 0, got {self.l1_coeff}")
         _check(self.resample_every > 0, f"train.resample_every must be > 0, got {self.resample_every}")
         _check(0 <= self.resample_stop_frac <= 1, "train.resample_stop_frac must be in [0, 1]")
-        _check(0 < self.max_split_frac <= 0.5, f"train.max_split_frac must be in (0, 0.5], got {self.max_split_frac}")
-        _check(self.dead_freq >= 0, f"train.dead_freq must be >= 0, got {self.dead_freq}")
         _check(self.reservoir_rows >= self.batch_size,
                f"train.reservoir_rows ({self.reservoir_rows}) must be >= train.batch_size ({self.batch_size})")
-        _check(self.split_min_rows >= 2, f"train.split_min_rows must be >= 2, got {self.split_min_rows}")
-        _check(0 <= self.batchtopk_threshold_beta < 1, "train.batchtopk_threshold_beta must be in [0, 1)")
-        _check(len(self.matryoshka_fractions) > 0 and all(f > 0 for f in self.matryoshka_fractions)
-               and abs(sum(self.matryoshka_fractions) - 1.0) < 1e-6,
-               f"train.matryoshka_fractions must be positive and sum to 1, got {self.matryoshka_fractions}")
         _check(self.norm_rows > 0, f"train.norm_rows must be > 0, got {self.norm_rows}")
         _check(self.log_every > 0 and self.snapshot_every > 0,
                "train.log_every and train.snapshot_every must be > 0")
@@ -149,6 +130,18 @@ class TrainConfig:
                f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if isinstance(self.tracker, dict):
             self.tracker = TrackerConfig(**self.tracker)
+        self.options = resolve_sections("train", option_sections(), self.options)
+
+    def option(self, cls: type) -> Any:
+        """The option group ``cls`` (an ``Options`` dataclass) of this config."""
+        from trainers.recipe import build_options
+
+        return build_options(cls.section, self.options.get(cls.section, {}))
+
+    @classmethod
+    def upgrade_legacy(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Move the flat recipe fields of earlier config files into ``options``."""
+        return upgrade_legacy(data, LEGACY_FIELDS)
 
     @property
     def total_steps(self) -> int:
@@ -167,7 +160,7 @@ class TrainConfig:
                                checkpoint_every=5000, snapshot_every=500, log_every=50)
         if name == "tiny":
             return TrainConfig(d_sae=256, k=8, n_tokens=32768, batch_size=256, seeds=[0], lr=5e-3,
-                               resample_every=16, max_split_frac=0.02, reservoir_rows=2048,
+                               resample_every=16, reservoir_rows=2048, options={"fc": {"max_split_frac": 0.02}},
                                dead_after_tokens=4096, checkpoint_every=64, snapshot_every=8,
                                log_every=4, norm_rows=4096, cpu_threads=1)
         raise TrainConfigError(f"no training preset {name!r}")

@@ -1,8 +1,6 @@
 """Writing a trained SAE: SAELens-loadable weights + cfg.json, and the completion marker."""
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -11,6 +9,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from fc_base.io import write_atomic, write_json_atomic
+from fc_base.sae_folder import SAELENS_CFG_FILE, WEIGHTS_FILE
 from trainers.sae import SparseAutoencoder
 
 SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu"}
@@ -33,25 +33,13 @@ def _sae_lens_version() -> str:
         return "6.0.0"
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def export_sae(model: SparseAutoencoder, out_dir: Path, norm_scale: float, info: ModelInfo) -> None:
     """Write sae_weights.safetensors and cfg.json (normalisation folded into the weights)."""
     tensors = model.export_tensors(norm_scale)
     bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
     if bad:
         raise ValueError(f"refusing to export an SAE with inf/NaN in {', '.join(bad)}")
-    tmp = out_dir / "sae_weights.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out_dir / "sae_weights.safetensors")
+    write_atomic(out_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
     version = _sae_lens_version()
     cfg: dict[str, Any] = {
         "architecture": SAELENS_ARCHITECTURE[model.architecture],
@@ -63,4 +51,4 @@ def export_sae(model: SparseAutoencoder, out_dir: Path, norm_scale: float, info:
     }
     if model.architecture == "topk":
         cfg.update(k=model.k, rescale_acts_by_decoder_norm=False)
-    write_json_atomic(out_dir / "cfg.json", cfg)
+    write_json_atomic(out_dir / SAELENS_CFG_FILE, cfg)

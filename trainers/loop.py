@@ -1,10 +1,14 @@
 """The one training loop shared by every architecture.
 
 Adam with linear warm-up and linear decay, unit-norm decoder rows kept by projecting out the
-gradient's parallel part and renormalising, the FrequencyConsistencyTracker on every step,
-FC splitting (fc_topk) or dead-latent resampling (relu_l1) every ``resample_every`` steps,
-checkpoints that resume exactly (model, optimiser, tracker, loader position, RNG, logs), and a
-NaN/inf guard that stops with the step and tensor named before anything bad is saved.
+gradient's parallel part and renormalising, the FrequencyConsistencyTracker on every step, the
+recipe's maintenance hook (FC splitting, dead-latent resampling, ...) every ``resample_every``
+steps, checkpoints that resume exactly (model, optimiser, tracker, loader position, RNG, logs), and
+a NaN/inf guard that stops with the step and tensor named before anything bad is saved.
+
+``train_sae`` runs named steps: ``_setup`` (build or resume), ``_train_step`` (one optimiser
+step), ``_bookkeep`` (tracker, dead counters, reservoir, log), ``_maintain`` (the recipe's hook),
+``_checkpoint`` and ``_export``. The loop knows no recipe by name (trainers.recipe).
 """
 from __future__ import annotations
 
@@ -21,15 +25,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from fc_base import sae_folder as folder_schema
+from fc_base.io import write_json_atomic, write_parquet_atomic
+from fc_base.sae_folder import SAEMeta
+from fc_base.torch_utils import resolve_device as _resolve_device_name
 from trainers.checkpoint import load_latest_checkpoint, save_checkpoint
 from trainers.config import TrainConfig
 from trainers.data import ActivationSource, first_rows, norm_scale_of
-from trainers.export import ModelInfo, export_sae, write_json_atomic
-from trainers.registry import RESAMPLING_TRAINERS, SPLITTING_TRAINERS, build_sae
-from trainers.resampling import resample_dead
+from trainers.export import ModelInfo, export_sae
+from trainers.recipe import MaintenanceContext, Recipe, get_recipe
 from trainers.sae import SparseAutoencoder, StepOutput
-from trainers.splitting import SPLIT_COLUMNS, fc_split
-from trainers.tracker import FrequencyConsistencyTracker
+from trainers.splitting import SPLIT_COLUMNS
+from trainers.tracker import FrequencyConsistencyTracker, TrackerStep
 
 HISTORY_COLUMNS = ["step", "latent", "frequency", "consistency", "absorption_score"]
 # Config fields that may change between a checkpoint and its resume without changing the result.
@@ -50,9 +57,7 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return torch.device(_resolve_device_name(name))
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -74,13 +79,14 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig, trainer: str, seed: int, source: ActivationSource, device: torch.device):
         self.cfg, self.trainer, self.seed, self.device = cfg, trainer, seed, device
+        self.recipe: Recipe = get_recipe(trainer)
         d_in = source.d_model
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         random.seed(seed)
         first_rows_ND = first_rows(source, cfg.norm_rows)
         self.norm_scale = norm_scale_of(first_rows_ND)
-        self.model: SparseAutoencoder = build_sae(trainer, cfg, d_in, torch.Generator().manual_seed(seed))
+        self.model: SparseAutoencoder = self.recipe.build(d_in, cfg, torch.Generator().manual_seed(seed))
         with torch.no_grad():
             self.model.b_dec.copy_((first_rows_ND * self.norm_scale).mean(0))
         self.model.to(device)
@@ -89,7 +95,7 @@ class _Run:
         self.tracker = FrequencyConsistencyTracker(cfg.d_sae, d_in, beta=t.beta, tau_act=t.tau_act, mode=t.mode,
                                                    projection_dim=t.projection_dim, device=device)
         self.tokens_since_fired_M = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
-        self.split_at_M = torch.full((cfg.d_sae,), -(10**9), dtype=torch.long)
+        self.touched_at_M = torch.full((cfg.d_sae,), -(10**9), dtype=torch.long)
         self.reservoir_RD = torch.zeros(cfg.reservoir_rows, d_in, device=device)
         self.reservoir_filled = 0
         self.resample_gen = torch.Generator().manual_seed(seed + 1)
@@ -103,7 +109,7 @@ class _Run:
         return {"step": self.step, "trainer": self.trainer, "seed": self.seed, "config": _comparable(self.cfg),
                 "norm_scale": self.norm_scale, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict(),
-                "tokens_since_fired": self.tokens_since_fired_M, "split_at": self.split_at_M, "reservoir": self.reservoir_RD,
+                "tokens_since_fired": self.tokens_since_fired_M, "touched_at": self.touched_at_M, "reservoir": self.reservoir_RD,
                 "reservoir_filled": self.reservoir_filled, "resample_gen": self.resample_gen.get_state(),
                 "history": self.history, "splits": self.splits, "n_resampled": self.n_resampled,
                 "recent_l0": list(self.recent_l0),
@@ -119,7 +125,7 @@ class _Run:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.tracker.load_state_dict(ckpt["tracker"])
         self.tokens_since_fired_M = ckpt["tokens_since_fired"].to(self.device)
-        self.split_at_M = ckpt["split_at"]
+        self.touched_at_M = ckpt["touched_at"]
         self.reservoir_RD = ckpt["reservoir"].to(self.device)
         self.reservoir_filled = ckpt["reservoir_filled"]
         self.resample_gen.set_state(ckpt["resample_gen"])
@@ -188,12 +194,6 @@ def _splits_frame(splits: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(splits, columns=SPLIT_COLUMNS).astype(dtypes)
 
 
-def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
 def _truncate_log(path: Path, keep_below_step: int) -> None:
     """Drop log lines a resumed run will write again."""
     if not path.exists():
@@ -204,27 +204,23 @@ def _truncate_log(path: Path, keep_below_step: int) -> None:
 
 
 def _maintain(run: _Run) -> None:
-    """Split or resample latents at the scheduled steps (never in the settling phase)."""
+    """The recipe's maintenance hook at the scheduled steps (never in the settling phase)."""
     cfg, step = run.cfg, run.step
-    if step % cfg.resample_every or step >= cfg.resample_stop_frac * cfg.total_steps:
+    maintain = run.recipe.maintain
+    if maintain is None or step % cfg.resample_every or step >= cfg.resample_stop_frac * cfg.total_steps:
         return
-    reservoir_RD = run.reservoir_RD[:run.reservoir_filled]
-    if run.trainer in SPLITTING_TRAINERS:
-        # Latents touched within the tracker's memory (1 / (1 - beta) steps) have too little
-        # evidence to be judged again, and their low frequency would make them the next slots.
-        horizon = int(round(1.0 / (1.0 - cfg.tracker.beta))) if cfg.tracker.beta > 0 else 1
-        result = fc_split(run.model, run.optimizer, run.tracker, reservoir_RD, run.model.b_dec.data.detach(),
-                          step=step, z=cfg.split_z, max_split_frac=cfg.max_split_frac,
-                          dead_freq=cfg.dead_freq, min_rows=cfg.split_min_rows,
-                          protected_M=step - run.split_at_M < horizon)
-        run.splits.extend(result.rows)
-        run.split_at_M[result.touched_ids.cpu()] = step
-        run.tokens_since_fired_M[result.touched_ids.to(run.device)] = 0
-    elif run.trainer in RESAMPLING_TRAINERS:
-        dead_M = run.tokens_since_fired_M >= cfg.dead_after_tokens
-        ids = resample_dead(run.model, run.optimizer, run.tracker, reservoir_RD, dead_M, run.resample_gen)
-        run.n_resampled += int(ids.numel())
-        run.tokens_since_fired_M[ids.to(run.device)] = 0
+    # Latents touched within the tracker's memory (1 / (1 - beta) steps) have too little evidence
+    # to be judged again, and their low frequency would make them the next slots.
+    horizon = int(round(1.0 / (1.0 - cfg.tracker.beta))) if cfg.tracker.beta > 0 else 1
+    ctx = MaintenanceContext(step=step, cfg=cfg, model=run.model, optimizer=run.optimizer, tracker=run.tracker,
+                             reservoir_RD=run.reservoir_RD[:run.reservoir_filled],
+                             dead_M=run.tokens_since_fired_M >= cfg.dead_after_tokens,
+                             recently_touched_M=step - run.touched_at_M < horizon, generator=run.resample_gen)
+    result = maintain(ctx)
+    run.splits.extend(result.split_rows)
+    run.n_resampled += result.n_resampled
+    run.touched_at_M[result.touched_L.cpu()] = step
+    run.tokens_since_fired_M[result.touched_L.to(run.device)] = 0
 
 
 def _push_reservoir(run: _Run, x_BD: torch.Tensor) -> None:
@@ -250,87 +246,107 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: in
 
 def _train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: int, out_dir: Path, info: ModelInfo,
                on_checkpoint: Callable[[int], None] | None, progress: bool) -> TrainResult:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / "checkpoints"
-    device = resolve_device(cfg.device)
-    steps_per_epoch = source.n_rows // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"activation cache has {source.n_rows} rows, fewer than train.batch_size={cfg.batch_size}")
+    run, log_path = _setup(source, cfg, trainer, seed, out_dir)
     total = cfg.total_steps
-    run = _Run(cfg, trainer, seed, source, device)
-    ckpt = load_latest_checkpoint(ckpt_dir)
-    if ckpt is not None:
-        run.load(ckpt)
-    log_path = out_dir / "train_log.jsonl"
-    if run.step:
-        _truncate_log(log_path, run.step)
-    else:
-        log_path.write_text("")
-    write_json_atomic(out_dir / "train_config.json",
-                      {"trainer": trainer, "seed": seed, **dataclasses.asdict(cfg), "total_steps": total})
-
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    steps_per_epoch = source.n_rows // cfg.batch_size
     batches = None
     bar = tqdm(total=total, initial=run.step, desc=f"{trainer}_s{seed}", disable=not progress, unit="step")
     with open(log_path, "a") as log_file:
         while run.step < total:
             if batches is None or run.step % steps_per_epoch == 0:
                 batches = source.iter_batches(cfg.batch_size, seed=seed, epoch=run.step // steps_per_epoch,
-                                              start_batch=run.step % steps_per_epoch, device=device)
-            step = run.step
-            x_BD = next(batches).to(device=device, dtype=torch.float32) * run.norm_scale
-            _check_finite(step, "input batch", x_BD)
-            lr = lr_at(step, total, cfg)
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
-            dead_M = run.tokens_since_fired_M >= cfg.dead_after_tokens
-            with autocast:
-                out = run.model.training_step(x_BD, dead_M)
-            _check_finite(step, "loss", out.loss.detach())
-            run.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            run.model.remove_parallel_decoder_grad()
-            run.optimizer.step()
-            run.model.normalise_decoder()
-            run.model.after_step(out)
-            _check_parameters(step, run.model)
-
-            center_D = run.model.b_dec.data
-            if out.sparse is not None:
-                tstep = run.tracker.update_sparse(x_BD, out.sparse.rows_N, out.sparse.latents_N,
-                                                  out.sparse.values_N, center_D)
-            else:
-                tstep = run.tracker.update(x_BD, out.acts_BM, center_D)
-            run.tokens_since_fired_M += cfg.batch_size
-            run.tokens_since_fired_M[tstep.fires_M > 0] = 0
-            run.recent_l0.append(tstep.l0)
-            _push_reservoir(run, x_BD)
-            if step % cfg.log_every == 0 or step == total - 1:
-                log_file.write(json.dumps(_log_row(run, out, x_BD, tstep.l0, lr)) + "\n")
-                log_file.flush()
-                bar.set_postfix(mse=f"{float(out.mse.detach()):.3g}", l0=f"{tstep.l0:.1f}", splits=len(run.splits))
-
-            run.step = step + 1
+                                              start_batch=run.step % steps_per_epoch, device=run.device)
+            x_BD = next(batches).to(device=run.device, dtype=torch.float32) * run.norm_scale
+            out, lr = _train_step(run, x_BD)
+            _bookkeep(run, x_BD, out, lr, log_file, bar)
+            run.step += 1
             _maintain(run)
-            if run.step % cfg.snapshot_every == 0 or run.step == total:
-                run.history.append(_snapshot(run))
-            if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < total:
-                save_checkpoint(ckpt_dir, run.step, run.state(), cfg.keep_checkpoints)
-                if on_checkpoint is not None:
-                    on_checkpoint(run.step)
+            _checkpoint(run, out_dir, on_checkpoint)
             bar.update(1)
     bar.close()
+    return _export(run, source, out_dir, info)
 
+
+def _setup(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: int, out_dir: Path) -> tuple[_Run, Path]:
+    """Build the run (or resume it from its newest checkpoint) and prepare its log files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if source.n_rows // cfg.batch_size == 0:
+        raise ValueError(f"activation cache has {source.n_rows} rows, fewer than train.batch_size={cfg.batch_size}")
+    run = _Run(cfg, trainer, seed, source, resolve_device(cfg.device))
+    ckpt = load_latest_checkpoint(out_dir / folder_schema.CHECKPOINTS_DIR)
+    if ckpt is not None:
+        run.load(ckpt)
+    log_path = out_dir / folder_schema.TRAIN_LOG_FILE
+    if run.step:
+        _truncate_log(log_path, run.step)
+    else:
+        log_path.write_text("")
+    write_json_atomic(out_dir / folder_schema.TRAIN_CONFIG_FILE,
+                      {"trainer": trainer, "seed": seed, **dataclasses.asdict(cfg), "total_steps": cfg.total_steps})
+    return run, log_path
+
+
+def _train_step(run: _Run, x_BD: torch.Tensor) -> tuple[StepOutput, float]:
+    """One optimiser step on a normalised batch, guarded against inf/NaN."""
+    step, cfg = run.step, run.cfg
+    _check_finite(step, "input batch", x_BD)
+    lr = lr_at(step, cfg.total_steps, cfg)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    dead_M = run.tokens_since_fired_M >= cfg.dead_after_tokens
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+        out = run.model.training_step(x_BD, dead_M)
+    _check_finite(step, "loss", out.loss.detach())
+    run.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    run.model.remove_parallel_decoder_grad()
+    run.optimizer.step()
+    run.model.normalise_decoder()
+    run.model.after_step(out)
+    _check_parameters(step, run.model)
+    return out, lr
+
+
+def _bookkeep(run: _Run, x_BD: torch.Tensor, out: StepOutput, lr: float, log_file, bar) -> TrackerStep:
+    """Tracker update, dead-latent counters, reservoir, the step's log line and tracker snapshots."""
+    cfg, step = run.cfg, run.step
+    center_D = run.model.b_dec.data
+    if out.sparse is not None:
+        tstep = run.tracker.update_sparse(x_BD, out.sparse.rows_N, out.sparse.latents_N, out.sparse.values_N, center_D)
+    else:
+        tstep = run.tracker.update(x_BD, out.acts_BM, center_D)
+    run.tokens_since_fired_M += cfg.batch_size
+    run.tokens_since_fired_M[tstep.fires_M > 0] = 0
+    run.recent_l0.append(tstep.l0)
+    _push_reservoir(run, x_BD)
+    if step % cfg.log_every == 0 or step == cfg.total_steps - 1:
+        log_file.write(json.dumps(_log_row(run, out, x_BD, tstep.l0, lr)) + "\n")
+        log_file.flush()
+        bar.set_postfix(mse=f"{float(out.mse.detach()):.3g}", l0=f"{tstep.l0:.1f}", splits=len(run.splits))
+    return tstep
+
+
+def _checkpoint(run: _Run, out_dir: Path, on_checkpoint: Callable[[int], None] | None) -> None:
+    """Tracker snapshot and checkpoint at their intervals (after the step's maintenance)."""
+    cfg, total = run.cfg, run.cfg.total_steps
+    if run.step % cfg.snapshot_every == 0 or run.step == total:
+        run.history.append(_snapshot(run))
+    if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < total:
+        save_checkpoint(out_dir / folder_schema.CHECKPOINTS_DIR, run.step, run.state(), cfg.keep_checkpoints)
+        if on_checkpoint is not None:
+            on_checkpoint(run.step)
+
+
+def _export(run: _Run, source: ActivationSource, out_dir: Path, info: ModelInfo) -> TrainResult:
+    """Weights, tracker history, split log, then ``sae_meta.json`` (the completion marker) last."""
+    cfg, total = run.cfg, run.cfg.total_steps
     export_sae(run.model, out_dir, run.norm_scale, info)
-    _write_parquet(_history_frame(run.history, cfg.d_sae), out_dir / "fc_history.parquet")
-    _write_parquet(_splits_frame(run.splits), out_dir / "splits.parquet")
+    write_parquet_atomic(out_dir / folder_schema.HISTORY_FILE, _history_frame(run.history, cfg.d_sae))
+    write_parquet_atomic(out_dir / folder_schema.SPLITS_FILE, _splits_frame(run.splits))
     final_l0 = float(np.mean(run.recent_l0)) if run.recent_l0 else 0.0
-    k_value = cfg.k if run.model.architecture != "relu" else None
-    write_json_atomic(out_dir / "sae_meta.json", {
-        "name": out_dir.name, "trainer": trainer, "seed": seed, "architecture": run.model.architecture,
-        "k": k_value, "d_in": source.d_model, "d_sae": cfg.d_sae, "model_name": info.model_name,
-        "model_source": info.model_source, "layer": info.layer, "hook_name": info.hook_name,
-        "train_tokens": total * cfg.batch_size, "l0_target": k_value, "final_l0": final_l0,
-        "norm_scale": run.norm_scale})
+    k_value = cfg.k if run.recipe.sparsity == "k" else None
+    SAEMeta(name=out_dir.name, trainer=run.trainer, seed=run.seed, architecture=run.model.architecture, k=k_value,
+            d_in=source.d_model, d_sae=cfg.d_sae, model_name=info.model_name, model_source=info.model_source,
+            layer=info.layer, hook_name=info.hook_name, train_tokens=total * cfg.batch_size, l0_target=k_value,
+            final_l0=final_l0, norm_scale=run.norm_scale).write(out_dir)
     return TrainResult(out_dir, total, final_l0, run.norm_scale, len(run.splits))

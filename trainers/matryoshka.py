@@ -2,10 +2,28 @@
 which pushes general features into early latents and reduces absorption (Bussmann et al. 2025)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
-from trainers.batchtopk import BatchTopKSAE
+from fc_base.errors import check
+from trainers.batchtopk import BatchTopKOptions, BatchTopKSAE
+from fc_base.options import Options
+from trainers.recipe import Recipe, register
 from trainers.sae import SparseCodes, sparse_decode
+from trainers.topk import AuxKOptions
+
+
+@dataclass
+class MatryoshkaOptions(Options):
+    section = "matryoshka"
+    group_fractions: list[float] = field(default_factory=lambda: [0.0625, 0.0625, 0.125, 0.25, 0.5])
+    """Group sizes as fractions of d_sae (must sum to 1); each prefix of groups reconstructs."""
+
+    def __post_init__(self) -> None:
+        f = self.group_fractions
+        check(isinstance(f, list) and len(f) > 0 and all(x > 0 for x in f) and abs(sum(f) - 1.0) < 1e-6,
+              f"train.options.matryoshka.group_fractions must be positive and sum to 1, got {f}")
 
 
 class MatryoshkaBatchTopKSAE(BatchTopKSAE):
@@ -28,3 +46,14 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
             recon_BD = recon_BD + sparse_decode(part, self.W_dec, b)
             losses.append((recon_BD - x_BD).pow(2).sum(1).mean())
         return torch.stack(losses).mean(), recon_BD
+
+
+def build_matryoshka(d_in: int, cfg, generator: torch.Generator) -> MatryoshkaBatchTopKSAE:
+    aux = cfg.option(AuxKOptions)
+    return MatryoshkaBatchTopKSAE(d_in, cfg.d_sae, cfg.k, group_fractions=cfg.option(MatryoshkaOptions).group_fractions,
+                                  auxk_alpha=aux.alpha, auxk_k=aux.k,
+                                  threshold_beta=cfg.option(BatchTopKOptions).threshold_beta, generator=generator)
+
+
+MATRYOSHKA = register(Recipe("matryoshka", "Matryoshka-BatchTopK SAE (nested prefixes each reconstruct)",
+                             build_matryoshka, options=(AuxKOptions, BatchTopKOptions, MatryoshkaOptions)))

@@ -1,29 +1,22 @@
-"""Trainer name -> SAE module (the FC trainer is TopK plus tracker-guided splitting)."""
+"""Every training recipe, registered by importing its module: a new recipe is one file plus one
+import line here. Look recipes up with ``trainers.recipe.get_recipe`` / ``recipe_names``."""
 from __future__ import annotations
 
 import torch
 
-from trainers.batchtopk import BatchTopKSAE
+import trainers.topk  # noqa: F401  (one line per recipe module, in the order help lists them)
+import trainers.fc_topk  # noqa: F401
+import trainers.relu_l1  # noqa: F401
+import trainers.fc_relu_l1  # noqa: F401
+import trainers.batchtopk  # noqa: F401
+import trainers.fc_batchtopk  # noqa: F401
+import trainers.matryoshka  # noqa: F401
+import trainers.fc_matryoshka  # noqa: F401
 from trainers.config import TrainConfig
-from trainers.matryoshka import MatryoshkaBatchTopKSAE
-from trainers.relu_l1 import ReluL1SAE
+from trainers.recipe import get_recipe
 from trainers.sae import SparseAutoencoder
-from trainers.topk import TopKSAE
-
-SPLITTING_TRAINERS = ("fc_topk",)
-RESAMPLING_TRAINERS = ("relu_l1",)
 
 
 def build_sae(trainer: str, cfg: TrainConfig, d_in: int, generator: torch.Generator) -> SparseAutoencoder:
-    if trainer in ("topk", "fc_topk"):
-        return TopKSAE(d_in, cfg.d_sae, cfg.k, auxk_alpha=cfg.auxk_alpha, auxk_k=cfg.auxk_k, generator=generator)
-    if trainer == "batchtopk":
-        return BatchTopKSAE(d_in, cfg.d_sae, cfg.k, auxk_alpha=cfg.auxk_alpha, auxk_k=cfg.auxk_k,
-                            threshold_beta=cfg.batchtopk_threshold_beta, generator=generator)
-    if trainer == "matryoshka":
-        return MatryoshkaBatchTopKSAE(d_in, cfg.d_sae, cfg.k, group_fractions=cfg.matryoshka_fractions,
-                                      auxk_alpha=cfg.auxk_alpha, auxk_k=cfg.auxk_k,
-                                      threshold_beta=cfg.batchtopk_threshold_beta, generator=generator)
-    if trainer == "relu_l1":
-        return ReluL1SAE(d_in, cfg.d_sae, l1_coeff=cfg.l1_coeff, generator=generator)
-    raise ValueError(f"unknown trainer {trainer!r}")
+    """A fresh SAE of recipe ``trainer``."""
+    return get_recipe(trainer).build(d_in, cfg, generator)

@@ -2,9 +2,25 @@
 dead latents are resampled by trainers.resampling."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from fc_base.errors import check
+from fc_base.options import Options
+from trainers.recipe import Recipe, register
+from trainers.resampling import resample_maintain
 from trainers.sae import SparseAutoencoder, StepOutput
+
+
+@dataclass
+class ReluL1Options(Options):
+    section = "relu_l1"
+    l1_coeff: float = 5.0
+    """L1 sparsity weight (on activations times decoder norms); it sets the L0."""
+
+    def __post_init__(self) -> None:
+        check(self.l1_coeff >= 0, f"train.options.relu_l1.l1_coeff must be >= 0, got {self.l1_coeff}")
 
 
 class ReluL1SAE(SparseAutoencoder):
@@ -24,3 +40,11 @@ class ReluL1SAE(SparseAutoencoder):
         mse = (recon_BD - x_BD).pow(2).sum(1).mean()
         l1 = self.l1_coeff * (acts_BM * self.W_dec.norm(dim=1)).sum(1).mean()
         return StepOutput(mse + l1, mse, l1, recon_BD, None, acts_BM)
+
+
+def build_relu_l1(d_in: int, cfg, generator: torch.Generator) -> ReluL1SAE:
+    return ReluL1SAE(d_in, cfg.d_sae, l1_coeff=cfg.option(ReluL1Options).l1_coeff, generator=generator)
+
+
+RELU_L1 = register(Recipe("relu_l1", "ReLU + L1 SAE with Anthropic-style dead-latent resampling", build_relu_l1,
+                          options=(ReluL1Options,), maintain=resample_maintain, sparsity="penalty"))

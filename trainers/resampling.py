@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from trainers.recipe import MaintenanceContext, MaintenanceResult
 from trainers.sae import SparseAutoencoder
 from trainers.surgery import RESAMPLED_ENCODER_SCALE, mean_encoder_norm, reinit_latents
 from trainers.tracker import FrequencyConsistencyTracker
@@ -27,3 +28,9 @@ def resample_dead(model: SparseAutoencoder, optimizer: torch.optim.Optimizer,
     reinit_latents(model, optimizer, tracker, dead_L, dirs_LD,
                    torch.full((dead_L.numel(),), enc_norm), torch.zeros(dead_L.numel()))
     return dead_L
+
+
+def resample_maintain(ctx: MaintenanceContext) -> MaintenanceResult:
+    """The maintenance hook of resampling recipes: every dead latent restarts."""
+    ids_L = resample_dead(ctx.model, ctx.optimizer, ctx.tracker, ctx.reservoir_RD, ctx.dead_M, ctx.generator)
+    return MaintenanceResult(ids_L, [], int(ids_L.numel()))

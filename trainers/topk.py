@@ -1,9 +1,29 @@
 """TopK SAE with the AuxK loss for dead latents (the baseline, and the base of FC-TopK)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from fc_base.errors import check
+from fc_base.options import Options
+from trainers.recipe import Recipe, register
 from trainers.sae import SparseAutoencoder, SparseCodes, StepOutput, auxk_loss, sparse_decode
+
+
+@dataclass
+class AuxKOptions(Options):
+    """The AuxK loss of the TopK family (TopK, BatchTopK, Matryoshka), which revives dead latents."""
+
+    section = "auxk"
+    alpha: float = 1.0 / 32.0
+    """Weight of the AuxK loss."""
+    k: int | None = None
+    """Dead latents used by the AuxK reconstruction (None: d_model / 2)."""
+
+    def __post_init__(self) -> None:
+        check(self.alpha >= 0, f"train.options.auxk.alpha must be >= 0, got {self.alpha}")
+        check(self.k is None or self.k > 0, f"train.options.auxk.k must be None or > 0, got {self.k}")
 
 
 class _TopKEncode(torch.autograd.Function):
@@ -71,3 +91,11 @@ class TopKSAE(SparseAutoencoder):
             dead_pre_BL = torch.addmm(bias_M[dead_L], x_BD, self.W_enc[:, dead_L])
             aux = self.auxk_alpha * auxk_loss(self, dead_pre_BL, dead_L, x_BD, recon_BD, self.auxk_k)
         return StepOutput(mse + aux, mse, aux, recon_BD, codes, None)
+
+
+def build_topk(d_in: int, cfg, generator: torch.Generator) -> TopKSAE:
+    aux = cfg.option(AuxKOptions)
+    return TopKSAE(d_in, cfg.d_sae, cfg.k, auxk_alpha=aux.alpha, auxk_k=aux.k, generator=generator)
+
+
+TOPK = register(Recipe("topk", "TopK SAE with AuxK (the baseline)", build_topk, options=(AuxKOptions,)))

@@ -1,0 +1,111 @@
+"""Evals as plug-ins.
+
+An eval file registers an :class:`EvalSpec`: its name, its own options dataclass (a section of
+``eval.options``), and ``run(inputs, options) -> EvalOutput``. ``pipeline.evaluate`` loads the model
+(once per process) and the SAE, prepares any dataset the spec ``needs``, and passes them in, so
+eval modules import nothing from ``pipeline`` or ``flows``. Heavy imports (sae-bench) stay inside
+``run`` so listing or validating evals stays fast. A new eval is one file plus one import line in
+:mod:`eval.registry`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+from fc_base.errors import ConfigError
+from fc_base.options import Options, add_section, build_section
+
+if TYPE_CHECKING:
+    from eval.config import EvalConfig
+    from fc_base.sae_folder import SAEMeta
+
+
+EvalOptions = Options
+"""Base of eval option groups (a dataclass whose ``section`` names its key in ``eval.options``)."""
+
+
+class EvalInputs(NamedTuple):
+    model: Any
+    """The language model (TransformerLens, by official name), shared by every SAE of the run."""
+    sae: Any
+    """The SAE as an SAE-Bench custom SAE (eval.sae.FolderSAE), in the dtype the spec asks for."""
+    meta: "SAEMeta"
+    """The SAE folder's metadata (layer, hook, width, trainer)."""
+    artifacts_dir: Path
+    """``run_dir/eval_artifacts``: artifacts shared by the SAEs of a run (probes, activations)."""
+    common: "EvalConfig"
+    """The shared eval settings (dtype, device, batch size)."""
+    text_dataset: Path | None = None
+    """A local parquet folder with a ``text`` column from the run's corpus, when the spec asks for one."""
+
+
+class EvalOutput(NamedTuple):
+    metrics: dict[str, float]
+    """Metric name -> value (one row each in results.parquet)."""
+    details: dict[str, Any]
+    """Anything else worth keeping beside the rows (the task JSON's ``details``)."""
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    name: str
+    """Eval name in configs and the results table (sae-bench's where it wraps one)."""
+    description: str
+    """One line for ``fc-sae eval --help``."""
+    run: Callable[[EvalInputs, Any], EvalOutput]
+    """(inputs, options) -> metrics and details."""
+    options: type | None = None
+    """The eval's options dataclass (an ``EvalOptions``), or None."""
+    text_docs: Callable[[Any], int] | None = None
+    """options -> documents of the run's corpus to write as ``inputs.text_dataset`` (None: no text)."""
+    sae_dtype: str = "float32"
+    """Dtype the SAE is loaded in: ``float32`` or ``llm`` (eval.llm_dtype)."""
+    common_settings: tuple[str, ...] = ("llm_dtype",)
+    """Shared ``eval`` fields that change the result (recorded in the eval_config column)."""
+    unavailable: Callable[["EvalConfig"], str | None] | None = None
+    """Why the eval cannot run here (None: it can); decided in seconds, before any work."""
+
+
+_SPECS: dict[str, EvalSpec] = {}
+_OPTIONS: dict[str, type] = {}
+
+
+def register(spec: EvalSpec) -> EvalSpec:
+    if spec.name in _SPECS:
+        raise ValueError(f"eval {spec.name!r} is registered twice")
+    if spec.options is not None:
+        add_section(_OPTIONS, spec.options)
+    _SPECS[spec.name] = spec
+    return spec
+
+
+def _loaded() -> None:
+    import eval.registry  # noqa: F401  (registers every eval on first use)
+
+
+def get_eval(name: str) -> EvalSpec:
+    _loaded()
+    if name not in _SPECS:
+        raise ConfigError(f"unknown eval {name!r} (allowed: {', '.join(_SPECS)})")
+    return _SPECS[name]
+
+
+def eval_names() -> list[str]:
+    _loaded()
+    return list(_SPECS)
+
+
+def eval_specs() -> list[EvalSpec]:
+    _loaded()
+    return list(_SPECS.values())
+
+
+def option_sections() -> dict[str, type]:
+    _loaded()
+    return dict(_OPTIONS)
+
+
+def build_options(section: str, values: Any) -> Any:
+    """An eval option group from its ``eval.options`` entry."""
+    return build_section("eval", option_sections(), section, values)

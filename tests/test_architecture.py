@@ -1,0 +1,201 @@
+"""The package structure: the dependency rule, acyclic harvest and cache modules, and plug-in
+recipes and evals that the CLI lists and that train/run on the tiny preset."""
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = {"fc_base": 0, "cache_tools": 1, "trainers": 1, "eval": 1, "pipeline": 2, "flows": 3}
+"""flows -> pipeline -> {trainers, eval, cache_tools} -> fc_base; never back, never sideways among layer 1."""
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level project packages and modules imported anywhere in a file (lazy imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def _import_time_imports(path: Path) -> set[str]:
+    """Modules imported when the file is imported: module-level statements only (not function
+    bodies, not ``if TYPE_CHECKING:`` blocks)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def _project_imports(package: str) -> dict[str, set[str]]:
+    out = {}
+    for path in sorted((ROOT / package).glob("*.py")):
+        out[f"{package}/{path.name}"] = {n for n in _imports(path) if n.split(".")[0] in LAYERS}
+    return out
+
+
+@pytest.mark.parametrize("package", ["fc_base", "cache_tools", "trainers", "eval"])
+def test_lower_layers_never_import_upward_or_sideways(package):
+    for where, names in _project_imports(package).items():
+        for name in names:
+            top = name.split(".")[0]
+            assert top == package or LAYERS[top] < LAYERS[package], f"{where} imports {name}"
+
+
+def test_pipeline_never_imports_flows():
+    for where, names in _project_imports("pipeline").items():
+        assert not any(n.split(".")[0] == "flows" for n in names), where
+
+
+def test_harvest_modules_are_acyclic():
+    groups = _imports(ROOT / "pipeline" / "harvest_groups.py")
+    dask = _imports(ROOT / "pipeline" / "harvest_dask.py")
+    assert "pipeline.harvest" not in groups and "pipeline.harvest_dask" not in groups
+    assert "pipeline.harvest" not in dask
+
+
+def test_cache_reader_and_loader_are_acyclic_at_import_time():
+    reader = _import_time_imports(ROOT / "cache_tools" / "reader.py")
+    loader = _import_time_imports(ROOT / "cache_tools" / "loader.py")
+    assert "cache_tools.loader" not in reader and "cache_tools.reader" not in loader
+
+
+def test_absorption_constants_match_sae_bench():
+    from sae_bench.evals.absorption.prompting import VERBOSE_FIRST_LETTER_TEMPLATE
+    from sae_bench.evals.absorption.vocab import LETTERS
+
+    from eval.absorption import LETTERS as ours
+    from eval.absorption import TEMPLATE
+
+    assert TEMPLATE == VERBOSE_FIRST_LETTER_TEMPLATE and list(ours) == list(LETTERS)
+
+
+def _help(command: str, capsys) -> str:
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return capsys.readouterr().out
+
+
+def test_help_lists_every_recipe_and_eval(capsys):
+    from eval.spec import eval_names
+    from trainers.recipe import recipe_names
+
+    text = _help("train", capsys)
+    assert {"topk", "fc_topk", "relu_l1", "fc_relu_l1", "batchtopk", "fc_batchtopk", "matryoshka",
+            "fc_matryoshka"} <= set(recipe_names())
+    for name in recipe_names():
+        assert f"  {name} " in text
+    text = _help("eval", capsys)
+    for name in eval_names():
+        assert f"  {name} " in text
+
+
+def test_legacy_flat_config_loads_into_options(tmp_path):
+    from pipeline.config import RunConfig, get_preset
+
+    data = get_preset("tiny").to_dict()
+    data["train"].pop("options")
+    data["train"].update(l1_coeff=3.5, max_split_frac=0.03, matryoshka_fractions=[0.5, 0.5], auxk_alpha=0.1)
+    data["eval"].pop("options")
+    data["eval"].update(absorption_word_sample=2000, core_n_docs=10, hub_check_timeout_s=1.0)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    cfg = RunConfig.load(path)
+    assert cfg.train.options["relu_l1"]["l1_coeff"] == 3.5
+    assert cfg.train.options["fc"]["max_split_frac"] == 0.03
+    assert cfg.train.options["matryoshka"]["group_fractions"] == [0.5, 0.5]
+    assert cfg.train.options["auxk"]["alpha"] == 0.1
+    assert cfg.eval.options["absorption"]["word_sample"] == 2000
+    assert cfg.eval.options["core"]["n_docs"] == 10
+    assert cfg.eval.options["network"]["hub_check_timeout_s"] == 1.0
+
+
+def test_unknown_option_fields_are_one_clear_error():
+    from fc_base.errors import ConfigError
+    from pipeline.config import apply_overrides, get_preset
+
+    with pytest.raises(ConfigError, match="unknown config field train.options.fc.nope"):
+        apply_overrides(get_preset("tiny"), ["train.options.fc.nope=1"])
+    with pytest.raises(ConfigError, match="unknown config field train.options.nope"):
+        apply_overrides(get_preset("tiny"), ['train.options={"nope": {}}'])
+    with pytest.raises(ConfigError, match="unknown trainer 'nope'"):
+        apply_overrides(get_preset("tiny"), ['train.trainers=["nope"]'])
+    cfg = apply_overrides(get_preset("tiny"), ["train.options.relu_l1.l1_coeff=2.5"])
+    assert cfg.train.options["relu_l1"]["l1_coeff"] == 2.5
+
+
+@pytest.fixture(scope="module")
+def every_recipe_trained(tiny_model_dir, tmp_path_factory):
+    """Every registered recipe, seed 0, trained through the real loop on the tiny preset's cache."""
+    from pipeline.config import apply_overrides, get_preset
+    from pipeline.harvest import harvest
+    from pipeline.train import train
+    from trainers.recipe import recipe_names
+
+    run_dir = tmp_path_factory.mktemp("recipes") / "run"
+    cfg = apply_overrides(get_preset("tiny"), [f"train.trainers={json.dumps(recipe_names())}",
+                                               "train.options.fc.z=0.5"])
+    harvest(cfg, run_dir, progress=False)
+    return {p.name.rsplit("_s", 1)[0]: p for p in train(cfg, run_dir, progress=False)}
+
+
+def test_every_recipe_trains_on_the_tiny_preset(every_recipe_trained):
+    from fc_base.sae_folder import SAEMeta
+    from trainers.recipe import get_recipe
+
+    for name, folder in every_recipe_trained.items():
+        meta = SAEMeta.read(folder)
+        assert meta.trainer == name and meta.final_l0 > 0
+        log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+        assert log[-1]["explained_variance"] > 0.0, name
+        if get_recipe(name).sparsity == "k":
+            assert meta.k == 8 and meta.l0_target == 8
+        else:
+            assert meta.k is None
+        splits = pd.read_parquet(folder / "splits.parquet")
+        if name.startswith("fc_"):
+            assert len(splits) > 0, f"{name} never split"
+        else:
+            assert splits.empty, name
+
+
+def test_relu_recipes_resample_dead_latents(every_recipe_trained):
+    for name in ("relu_l1", "fc_relu_l1"):
+        log = [json.loads(line) for line in (every_recipe_trained[name] / "train_log.jsonl").read_text().splitlines()]
+        assert log[-1]["n_resampled"] > 0, name
+
+
+def test_a_new_recipe_is_one_file(tmp_path):
+    """The example of docs/ARCHITECTURE.md: a recipe registered from outside the package trains."""
+    from trainers.data import InMemoryActivations
+    from trainers.export import ModelInfo
+    from trainers.loop import train_sae
+    from trainers.recipe import Recipe, get_recipe, register
+    from trainers.config import TrainConfig
+    from trainers.topk import TopKSAE
+    from tests.trainers_fixtures import synthetic_acts
+    import torch
+
+    def build(d_in, cfg, generator):
+        return TopKSAE(d_in, cfg.d_sae, cfg.k, auxk_alpha=0.0, generator=generator)
+
+    if "topk_no_auxk" not in __import__("trainers.recipe", fromlist=["_RECIPES"])._RECIPES:
+        register(Recipe("topk_no_auxk", "TopK without the AuxK loss", build))
+    assert get_recipe("topk_no_auxk").maintain is None
+    cfg = TrainConfig(trainers=["topk_no_auxk"], seeds=[0], d_sae=64, k=4, n_tokens=4096, batch_size=256,
+                      reservoir_rows=256, norm_rows=1024, checkpoint_every=0, device="cpu")
+    source = InMemoryActivations(torch.from_numpy(synthetic_acts(2048, 16)))
+    result = train_sae(source, cfg, "topk_no_auxk", 0, tmp_path / "sae", ModelInfo("synthetic"), progress=False)
+    assert result.steps == 16 and (tmp_path / "sae" / "sae_meta.json").is_file()

@@ -1,0 +1,115 @@
+"""Training recipes as plug-ins.
+
+A recipe names an SAE to train: how to build the module, which option groups it reads from
+``train.options`` (each a small dataclass holding only its own knobs), and an optional ``maintain``
+hook the training loop calls at the scheduled maintenance steps (every ``train.resample_every``
+steps, not in the settling phase): dead-latent resampling, FC-guided splitting, or nothing.
+The loop knows no recipe names; a new recipe is one file that calls :func:`register` plus one
+import line in :mod:`trainers.registry`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+from fc_base.errors import ConfigError
+from fc_base.options import add_section, build_section
+
+if TYPE_CHECKING:  # the option dataclasses stay importable without torch
+    import torch
+
+    from trainers.config import TrainConfig
+    from trainers.sae import SparseAutoencoder
+    from trainers.tracker import FrequencyConsistencyTracker
+
+
+class MaintenanceContext(NamedTuple):
+    """What a maintenance hook may read and change (weights, optimiser and tracker, in place)."""
+
+    step: int
+    cfg: "TrainConfig"
+    model: "SparseAutoencoder"
+    optimizer: "torch.optim.Optimizer"
+    tracker: "FrequencyConsistencyTracker"
+    reservoir_RD: "torch.Tensor"
+    """Recent SAE inputs (normalised), the filled part of the reservoir."""
+    dead_M: "torch.Tensor"
+    """Latents that have not fired for ``train.dead_after_tokens`` tokens."""
+    recently_touched_M: "torch.Tensor"
+    """Latents rewritten within the tracker's memory (1 / (1 - beta) steps): too little evidence yet."""
+    generator: "torch.Generator"
+    """The recipe's own random stream (checkpointed with the run)."""
+
+
+class MaintenanceResult(NamedTuple):
+    touched_L: "torch.Tensor"
+    """Every latent whose weights were rewritten (the loop resets their dead-token counters)."""
+    split_rows: list[dict]
+    """One row per split (``splits.parquet``)."""
+    n_resampled: int
+    """Dead latents re-initialised by resampling."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    """Trainer name used in configs, SAE folder names and the results table."""
+    description: str
+    """One line for ``fc-sae train --help``."""
+    build: Callable[[int, "TrainConfig", "torch.Generator"], "SparseAutoencoder"]
+    """(d_in, train config, generator) -> a fresh SAE module."""
+    options: tuple[type, ...] = ()
+    """Option groups (``Options`` dataclasses) the recipe reads via ``cfg.option(cls)``."""
+    maintain: Callable[[MaintenanceContext], MaintenanceResult] | None = None
+    """Called at the maintenance steps; None: the recipe needs no maintenance."""
+    sparsity: str = "k"
+    """What sets the L0: ``k`` (train.k is the target) or ``penalty`` (an L1-style weight)."""
+
+
+_RECIPES: dict[str, Recipe] = {}
+_OPTIONS: dict[str, type] = {}
+
+
+def register_options(cls: type) -> type:
+    """Make an option group known to ``train.options`` (idempotent)."""
+    return add_section(_OPTIONS, cls)
+
+
+def register(recipe: Recipe) -> Recipe:
+    if recipe.name in _RECIPES:
+        raise ValueError(f"trainer recipe {recipe.name!r} is registered twice")
+    for cls in recipe.options:
+        register_options(cls)
+    _RECIPES[recipe.name] = recipe
+    return recipe
+
+
+def _loaded() -> None:
+    import trainers.registry  # noqa: F401  (registers every recipe on first use)
+
+
+def get_recipe(name: str) -> Recipe:
+    _loaded()
+    if name not in _RECIPES:
+        raise ConfigError(f"unknown trainer {name!r} (allowed: {', '.join(_RECIPES)})")
+    return _RECIPES[name]
+
+
+def recipe_names() -> list[str]:
+    _loaded()
+    return list(_RECIPES)
+
+
+def recipes() -> list[Recipe]:
+    _loaded()
+    return list(_RECIPES.values())
+
+
+def option_sections() -> dict[str, type]:
+    _loaded()
+    return dict(_OPTIONS)
+
+
+def build_options(section: str, values: Any) -> Any:
+    """A training option group from its ``train.options`` entry."""
+    return build_section("train", option_sections(), section, values)
