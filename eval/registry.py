@@ -4,3 +4,4 @@ import eval.absorption  # noqa: F401  (one line per eval module, in the order he
 import eval.core  # noqa: F401
 import eval.sae_probes  # noqa: F401
 import eval.network_evals  # noqa: F401
+import eval.synthetic  # noqa: F401

@@ -36,8 +36,12 @@ class EvalInputs(NamedTuple):
     """``run_dir/eval_artifacts``: artifacts shared by the SAEs of a run (probes, activations)."""
     common: "EvalConfig"
     """The shared eval settings (dtype, device, batch size)."""
+    sae_folder: Path | None = None
+    """The trained SAE's folder (its tracker history, SAELens files)."""
     text_dataset: Path | None = None
     """A local parquet folder with a ``text`` column from the run's corpus, when the spec asks for one."""
+    heldout: tuple[Any, Any] | None = None
+    """Held-out synthetic rows ``(acts_ND, true_feature_acts_NF)`` when the spec asks for them."""
 
 
 class EvalOutput(NamedTuple):
@@ -59,12 +63,21 @@ class EvalSpec:
     """The eval's options dataclass (an ``EvalOptions``), or None."""
     text_docs: Callable[[Any], int] | None = None
     """options -> documents of the run's corpus to write as ``inputs.text_dataset`` (None: no text)."""
+    model_kind: str = "language"
+    """What the eval scores against: ``language`` (a TransformerLens model) or ``synthetic`` (a
+    SAELens synthetic model); SAEs of the other kind get a skipped row."""
+    heldout: Callable[[Any], tuple[int, int]] | None = None
+    """options -> (rows, seed) of held-out synthetic samples passed as ``inputs.heldout``."""
     sae_dtype: str = "float32"
     """Dtype the SAE is loaded in: ``float32`` or ``llm`` (eval.llm_dtype)."""
     common_settings: tuple[str, ...] = ("llm_dtype",)
     """Shared ``eval`` fields that change the result (recorded in the eval_config column)."""
     unavailable: Callable[["EvalConfig"], str | None] | None = None
     """Why the eval cannot run here (None: it can); decided in seconds, before any work."""
+
+    def __post_init__(self) -> None:
+        if self.model_kind not in ("language", "synthetic"):
+            raise ValueError(f"eval {self.name}: model_kind must be language or synthetic, got {self.model_kind!r}")
 
 
 _SPECS: dict[str, EvalSpec] = {}

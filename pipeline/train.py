@@ -24,10 +24,14 @@ def planned_saes(cfg: RunConfig, trainer: str | None = None, seed: int | None = 
 
 
 def model_info(cfg: RunConfig) -> ModelInfo:
+    extra = {"context_size": cfg.corpus.context_length, "dataset_path": cfg.corpus.source}
+    if cfg.model.is_synthetic:
+        from pipeline.synthetic_models import config_hash, synthetic_config
+
+        extra = {"dataset_path": "synthetic", "synthetic_config_hash": config_hash(
+            synthetic_config(cfg.model.name, cfg.model.synthetic_config or None))}
     return ModelInfo(model_name=cfg.model.name, model_source=cfg.model.source, layer=cfg.model.layer,
-                     hook_name=cfg.model.hook,
-                     extra_metadata={"context_size": cfg.corpus.context_length,
-                                     "dataset_path": cfg.corpus.source})
+                     hook_name=cfg.model.hook, extra_metadata=extra)
 
 
 def open_activations(run_dir: Path) -> ActivationSource:

@@ -155,11 +155,18 @@ def test_every_recipe_trains_on_the_tiny_preset(every_recipe_trained):
     from fc_base.sae_folder import SAEMeta
     from trainers.recipe import get_recipe
 
+    from eval.sae import load_sae
+
     for name, folder in every_recipe_trained.items():
         meta = SAEMeta.read(folder)
-        assert meta.trainer == name and meta.final_l0 > 0
-        log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
-        assert log[-1]["explained_variance"] > 0.0, name
+        assert meta.trainer == name
+        if get_recipe(name).train is None:  # the shared loop logs every step
+            assert meta.final_l0 > 0
+            log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+            assert log[-1]["explained_variance"] > 0.0, name
+        else:  # an external reference loop (SAELens): its own files, our folder schema
+            assert meta.architecture == "jumprelu"
+        assert load_sae(folder).W_dec.shape == (meta.d_sae, meta.d_in)
         if get_recipe(name).sparsity == "k":
             assert meta.k == 8 and meta.l0_target == 8
         else:

@@ -238,7 +238,10 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: in
     threads_before = torch.get_num_threads()
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
+    own_loop = get_recipe(trainer).train
     try:
+        if own_loop is not None:
+            return own_loop(source, cfg, trainer, seed, Path(out_dir), info, progress)
         return _train_sae(source, cfg, trainer, seed, Path(out_dir), info, on_checkpoint, progress)
     finally:
         torch.set_num_threads(threads_before)

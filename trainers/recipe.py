@@ -64,6 +64,9 @@ class Recipe:
     """Called at the maintenance steps; None: the recipe needs no maintenance."""
     sparsity: str = "k"
     """What sets the L0: ``k`` (train.k is the target) or ``penalty`` (an L1-style weight)."""
+    train: Callable[..., Any] | None = None
+    """A training loop of the recipe's own (external reference implementations), called as
+    ``train(source, cfg, trainer, seed, out_dir, info, progress)``; None: the shared loop."""
 
 
 _RECIPES: dict[str, Recipe] = {}

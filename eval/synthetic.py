@@ -1,0 +1,117 @@
+"""The ``synthetic`` eval: an SAE trained on a synthetic model's activations, scored against the
+model's ground-truth features.
+
+- SAELens's ``eval_sae_on_synthetic_data`` (the SynthSAEBench metrics): ``mcc``, ``uniqueness``,
+  ``f1``, ``precision``, ``recall``, ``explained_variance``, ``l0``, ``true_l0``, ``dead_latents``,
+  ``shrinkage``, on ``n_rows`` fresh samples drawn from a seeded stream;
+- hierarchy absorption (:mod:`eval.synthetic_metrics`): ``absorption_rate`` (the share of a parent
+  feature carried by its children's latents, roots and depth 1), ``fully_absorbed_fraction``,
+  per-depth values, ``decoder_absorption`` and the number of parents/pairs scored, on the held-out
+  rows ``pipeline.evaluate`` passes in (``inputs.heldout``: activations and true feature
+  activations, from a seed no harvest uses);
+- ``detect_auc_<statistic>``: for each per-latent statistic the training recorded (last snapshot of
+  ``fc_history.parquet``), the ROC AUC at telling the latents matched to absorbed parents
+  (carried share > 0.5) from the rest. ``inconsistency`` is 1 - consistency.
+
+Why the carried share and not "parent recall alone vs with a child": with compensated probabilities
+and mutually exclusive children a parent almost never fires alone, so that comparison has no rows.
+The carried share reads 0 on an oracle SAE and is high on an SAE built to absorb (tests).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
+from fc_base.errors import check
+from fc_base.sae_folder import HISTORY_FILE
+
+HISTORY_STATISTICS = {"absorption_score": 1.0, "frequency": 1.0, "consistency": -1.0}
+"""fc_history columns scored by detect_auc (sign: higher means "more likely absorbed")."""
+
+
+@dataclass
+class SyntheticOptions(EvalOptions):
+    section = "synthetic"
+    n_rows: int = 100_000
+    """Fresh samples for SAELens's metrics (F1, MCC, explained variance, ...)."""
+    heldout_rows: int = 20_000
+    """Held-out samples (with their true feature activations) for the absorption metrics."""
+    seed: int = 1_000_003
+    """Seed of both held-out streams (harvest streams are seeded from corpus.seed and the group)."""
+    batch_size: int = 4096
+    """Rows per SAE forward."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_rows", "heldout_rows", "batch_size"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and value > 0,
+                  f"eval.options.synthetic.{name} must be a positive integer, got {value!r}")
+
+
+def saelens_metrics(model, sae_folder, opts: SyntheticOptions) -> dict[str, float]:
+    """SAELens's own synthetic-data eval of the exported SAE (loaded through SAELens)."""
+    from sae_lens import SAE
+    from sae_lens.synthetic import eval_sae_on_synthetic_data
+
+    sae = SAE.load_from_disk(str(sae_folder), device=str(model.device))
+    with torch.random.fork_rng(devices=[]):  # its sampler draws from the global generator
+        torch.manual_seed(opts.seed)
+        res = eval_sae_on_synthetic_data(sae, model.feature_dict, model.activation_generator,
+                                         num_samples=opts.n_rows, batch_size=opts.batch_size)
+    c = res.classification
+    return {"mcc": res.mcc, "uniqueness": res.uniqueness, "f1": c.f1_score, "precision": c.precision,
+            "recall": c.recall, "explained_variance": res.explained_variance, "l0": res.sae_l0,
+            "true_l0": res.true_l0, "dead_latents": float(res.dead_latents), "shrinkage": res.shrinkage}
+
+
+@torch.no_grad()
+def hierarchy_metrics(model, sae, acts_ND: torch.Tensor, feats_NF: torch.Tensor, batch_size: int
+                      ) -> tuple[dict[str, float], torch.Tensor]:
+    """Absorption metrics on held-out rows, and the mask of latents matched to absorbed parents."""
+    from eval.synthetic_metrics import (absorbed_parent_latents, carried_share, decoder_absorption,
+                                        hierarchy_truth)
+
+    truth = hierarchy_truth(model)
+    codes_NM = torch.cat([sae.encode(x_BD.to(sae.device, sae.dtype)).float().cpu()
+                          for x_BD in acts_ND.split(batch_size)])
+    W_dec_MD = sae.W_dec.float().cpu()  # unit rows; the codes carry the decoder norms
+    share = carried_share(truth, W_dec_MD, codes_NM, feats_NF.float())
+    metrics = {**share.summary(), **decoder_absorption(truth, W_dec_MD).summary()}
+    return metrics, absorbed_parent_latents(share, W_dec_MD.shape[0])
+
+
+def detection_aucs(history: pd.DataFrame, absorbed_M: torch.Tensor) -> dict[str, float]:
+    """ROC AUC of each recorded per-latent statistic (its last snapshot) at finding absorbed latents."""
+    from eval.synthetic_metrics import detection_auc
+
+    if history.empty:
+        return {}
+    last = history[history["step"] == history["step"].max()].sort_values("latent")
+    out = {}
+    for column, sign in HISTORY_STATISTICS.items():
+        if column in last:
+            name = "inconsistency" if sign < 0 else column
+            out[f"detect_auc_{name}"] = detection_auc(sign * last[column].to_numpy(np.float64), absorbed_M.numpy())
+    out["n_absorbed_latents"] = float(absorbed_M.sum())
+    return out
+
+
+def run(inputs: EvalInputs, opts: SyntheticOptions) -> EvalOutput:
+    acts_ND, feats_NF = inputs.heldout
+    metrics = saelens_metrics(inputs.model, inputs.sae_folder, opts)
+    absorption, absorbed_M = hierarchy_metrics(inputs.model, inputs.sae, acts_ND, feats_NF, opts.batch_size)
+    metrics.update(absorption)
+    history_path = inputs.sae_folder / HISTORY_FILE
+    if history_path.is_file():
+        metrics.update(detection_aucs(pd.read_parquet(history_path), absorbed_M))
+    return EvalOutput(metrics, {"absorbed_latents": torch.nonzero(absorbed_M).squeeze(1).tolist()})
+
+
+SYNTHETIC = register(EvalSpec(
+    "synthetic", "ground truth on a synthetic model: SAELens F1/MCC/EV + hierarchy absorption + detection AUCs",
+    run, options=SyntheticOptions, model_kind="synthetic",
+    heldout=lambda opts: (opts.heldout_rows, opts.seed)))
