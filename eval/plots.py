@@ -177,3 +177,42 @@ def training_curves(sae_dirs: list[Path], out: Path) -> Path | None:
             ax.set_yscale("log")
     axes.flat[0].legend(fontsize=6)
     return _save(fig, out)
+
+
+SYNTHETIC_HEADLINE = (  # (metric of the synthetic eval, direction)
+    ("f1", "higher"), ("mcc", "higher"), ("explained_variance", "higher"), ("l0", ""),
+    ("absorption_rate", "lower"), ("fully_absorbed_fraction", "lower"), ("decoder_absorption", "lower"),
+    ("detect_auc_absorption_score", "higher"), ("detect_auc_frequency", "higher"),
+    ("detect_auc_inconsistency", "higher"))
+
+
+def synthetic_trainer_stats(table: pd.DataFrame) -> pd.DataFrame:
+    """metric x trainer of the synthetic eval's headline metrics: mean, std and seeds."""
+    rows = table[(table["eval"] == "synthetic") & (table["status"] == "ok")]
+    rows = rows[rows["metric"].isin([m for m, _ in SYNTHETIC_HEADLINE])]
+    if rows.empty:
+        return pd.DataFrame()
+    return rows.groupby(["metric", "trainer"])["value"].agg(["mean", "std", "count"]).unstack("trainer")
+
+
+def absorption_by_depth(table: pd.DataFrame, out: Path) -> Path | None:
+    """Synthetic absorption_rate per hierarchy depth, per trainer (mean over seeds, error bars: std)."""
+    rows = table[(table["eval"] == "synthetic") & (table["status"] == "ok")
+                 & table["metric"].str.match(r"^absorption_rate/depth\d+$")]
+    if rows.empty:
+        return None
+    rows = rows.assign(depth=rows["metric"].str.extract(r"depth(\d+)$")[0].astype(int))
+    stats = rows.groupby(["trainer", "depth"])["value"].agg(["mean", "std"]).reset_index()
+    trainers = sorted(stats["trainer"].unique())
+    depths = sorted(stats["depth"].unique())
+    width = 0.8 / len(trainers)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(depths) * len(trainers) * 0.35 + 3), 3.6))
+    for i, trainer in enumerate(trainers):
+        part = stats[stats["trainer"] == trainer].set_index("depth").reindex(depths)
+        ax.bar(np.arange(len(depths)) + i * width, part["mean"], width, yerr=part["std"].fillna(0.0), capsize=2,
+               label=trainer)
+    ax.set_xticks(np.arange(len(depths)) + width * (len(trainers) - 1) / 2, [f"depth {d}" for d in depths])
+    ax.set(ylabel="share of parent carried by child latents",
+           title="synthetic absorption by hierarchy depth of the parent (lower is better)")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out)

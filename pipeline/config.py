@@ -283,7 +283,69 @@ def _tiny() -> RunConfig:
     )
 
 
-PRESETS = {"demo": _demo, "pythia70m": _pythia70m, "tiny": _tiny}
+SYNTH_TOKENS = 16_384_000
+"""Training samples per SAE of the synth preset (8 epochs of its store)."""
+SYNTH_L1_COEFF = 1.0
+"""relu_l1's L1 weight in the synth preset, chosen to land near the TopK recipes' L0."""
+SYNTH_TRAINERS = ["topk", "fc_topk", "batchtopk", "matryoshka", "relu_l1", "saelens_batchtopk", "saelens_matryoshka"]
+
+
+def _synth() -> RunConfig:
+    # Ground truth on CPU: a 1024-feature / 64-dim copy of the SynthSAEBench recipe (8 roots, same
+    # hierarchy rules), width 256 (features / 4, as the published benchmark), k 6 = the true L0 of the
+    # 256 most frequent features. Every trainer x 3 seeds; sizes from benchmarks/synth_convergence.py.
+    return RunConfig(
+        preset="synth",
+        model=ModelConfig(name="synth/1k-64", layer=0, dtype="float32"),
+        corpus=CorpusConfig(source="synthetic", seed=0),
+        harvest=HarvestConfig(n_tokens=2_097_152, shard_rows=65536, chunk_rows=16384, store_dtype="float32",
+                              shuffle_buffer_shards=4),
+        train=TrainConfig(trainers=list(SYNTH_TRAINERS), seeds=[0, 1, 2], d_sae=256, k=6, n_tokens=SYNTH_TOKENS,
+                          batch_size=1024, lr=3e-4, dead_after_tokens=1_000_000, resample_every=250,
+                          reservoir_rows=8192, norm_rows=32768, log_every=50, snapshot_every=500,
+                          checkpoint_every=2000, options={"relu_l1": {"l1_coeff": SYNTH_L1_COEFF},
+                                                          "fc": {"max_split_frac": 0.01}}),
+        eval=EvalConfig(evals=["synthetic"], options={"synthetic": {"n_rows": 100_000, "heldout_rows": 20_000}}),
+    )
+
+
+def _synth16k() -> RunConfig:
+    # The published SynthSAEBench-16k benchmark (width 4096, L0 25, 200M samples): meant for a GPU. On
+    # a CPU it starts, shows its progress and an honest estimate (model build ~20 min, sampling
+    # ~1-2k rows/s, training days). The store holds 4M rows (float16: magnitudes stay below 10) read
+    # for ~48 epochs.
+    return RunConfig(
+        preset="synth16k",
+        model=ModelConfig(name="synth/sae-bench-16k", layer=0, dtype="float32"),
+        corpus=CorpusConfig(source="synthetic", seed=0),
+        harvest=HarvestConfig(n_tokens=4_194_304, shard_rows=262144, chunk_rows=16384, store_dtype="float16",
+                              shuffle_buffer_shards=1),
+        train=TrainConfig(trainers=["batchtopk", "matryoshka"], seeds=[0], d_sae=4096, k=25, n_tokens=200_000_000,
+                          batch_size=1024, lr=3e-4, dead_after_tokens=10_000_000, resample_every=2500,
+                          reservoir_rows=16384, norm_rows=65536, log_every=100, snapshot_every=5000,
+                          checkpoint_every=5000),
+        eval=EvalConfig(evals=["synthetic"], options={"synthetic": {"n_rows": 500_000, "heldout_rows": 50_000}}),
+    )
+
+
+def _synth_tiny() -> RunConfig:
+    # For tests: the 128-feature synthetic model, seconds per stage.
+    return RunConfig(
+        preset="synth-tiny",
+        model=ModelConfig(name="synth/tiny", layer=0, dtype="float32"),
+        corpus=CorpusConfig(source="synthetic", seed=0),
+        harvest=HarvestConfig(n_tokens=16384, shard_rows=4096, chunk_rows=1024, store_dtype="float32",
+                              shuffle_buffer_shards=2),
+        train=TrainConfig(trainers=["topk", "fc_topk"], seeds=[0], d_sae=64, k=4, n_tokens=32768, batch_size=256,
+                          lr=5e-3, resample_every=16, reservoir_rows=2048, dead_after_tokens=4096,
+                          checkpoint_every=64, snapshot_every=8, log_every=4, norm_rows=4096, cpu_threads=1,
+                          options={"fc": {"max_split_frac": 0.02}}),
+        eval=EvalConfig(evals=["synthetic"], options={"synthetic": {"n_rows": 8192, "heldout_rows": 4096}}),
+    )
+
+
+PRESETS = {"demo": _demo, "pythia70m": _pythia70m, "tiny": _tiny, "synth": _synth, "synth16k": _synth16k,
+           "synth-tiny": _synth_tiny}
 
 
 def get_preset(name: str) -> RunConfig:

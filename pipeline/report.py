@@ -14,6 +14,7 @@ import pandas as pd
 
 from eval import plots
 from eval.results import load, problems, summary_metrics
+from fc_base.io import write_text_atomic
 from fc_base.sae_folder import list_sae_folders
 from pipeline.config import RunConfig
 
@@ -24,6 +25,8 @@ PLOTS = (  # (file, title, what it shows)
     ("score_histograms.png", "Absorption scores", "histogram of s per SAE, last tracker snapshot"),
     ("split_events.png", "Split events", "cumulative FC splits over training steps"),
     ("training_curves.png", "Training curves", "from each SAE's train_log.jsonl"),
+    ("synthetic_absorption_by_depth.png", "Synthetic absorption by hierarchy depth",
+     "share of each parent feature carried by its children's latents; mean over seeds, error bars: std"),
 )
 
 
@@ -78,6 +81,30 @@ def _problems_html(bad: pd.DataFrame) -> str:
     return f'<table id="not-evaluated"><tr><th>sae</th><th>eval</th><th>status</th><th>reason</th></tr>{rows}</table>'
 
 
+def _synthetic_html(table: pd.DataFrame) -> str:
+    """The ground-truth section of a synthetic run: headline metrics per trainer, mean ± std over seeds."""
+    stats = plots.synthetic_trainer_stats(table)
+    if stats.empty:
+        return ""
+    trainers = list(stats["mean"].columns)
+    direction = dict(plots.SYNTHETIC_HEADLINE)
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in trainers)
+    body = []
+    for metric, _ in plots.SYNTHETIC_HEADLINE:
+        if metric not in stats.index:
+            continue
+        arrow = {"higher": " ↑", "lower": " ↓"}.get(direction[metric], "")
+        cells = "".join(
+            f'<td data-value="{stats.loc[metric, ("mean", t)]!r}">{stats.loc[metric, ("mean", t)]:.3f} '
+            f'± {0.0 if math.isnan(stats.loc[metric, ("std", t)]) else stats.loc[metric, ("std", t)]:.3f} '
+            f'(n={int(stats.loc[metric, ("count", t)]) if not math.isnan(stats.loc[metric, ("count", t)]) else 0})</td>'
+            for t in trainers)
+        body.append(f"<tr><th>{html.escape(metric)}{arrow}</th>{cells}</tr>")
+    return (f'<h2>Ground truth (synthetic model)</h2><p>SAELens synthetic-data metrics and hierarchy absorption; '
+            f'mean ± std over seeds (n seeds); ↑ higher is better, ↓ lower is better.</p>'
+            f'<div class="wide"><table id="synthetic"><tr><th>metric</th>{head}</tr>{"".join(body)}</table></div>')
+
+
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f4f4f4}.wide{overflow-x:auto}
 figure{margin:1em 0}figcaption{font-size:12px;color:#555}"""
@@ -97,6 +124,7 @@ def report(cfg: RunConfig, run_dir: str | Path) -> Path:
         "score_histograms.png": plots.score_histograms(sae_dirs, out / "score_histograms.png"),
         "split_events.png": plots.split_events(sae_dirs, out / "split_events.png"),
         "training_curves.png": plots.training_curves(sae_dirs, out / "training_curves.png"),
+        "synthetic_absorption_by_depth.png": plots.absorption_by_depth(table, out / "synthetic_absorption_by_depth.png"),
     }
     figures, missing = [], []
     for name, title, caption in PLOTS:
@@ -111,14 +139,10 @@ def report(cfg: RunConfig, run_dir: str | Path) -> Path:
 <h1>fc-sae report: {html.escape(run_dir.name)}</h1>
 <p>Model: {html.escape(models)}. SAEs: {len(set(table['sae']))}. Lower absorption is better.
 Numbers from <code>results.parquet</code>; plots from the results and the SAEs' training artifacts.</p>
-<h2>By trainer (mean and spread over seeds)</h2>{_trainer_html(trainer_table(table))}
+{_synthetic_html(table)}<h2>By trainer (mean and spread over seeds)</h2>{_trainer_html(trainer_table(table))}
 <h2>Per SAE</h2>{_per_sae_html(per_sae_table(table))}
 <h2>Not evaluated</h2>{_problems_html(problems(table))}
 <h2>Plots</h2>{''.join(figures)}{'<ul>' + ''.join(missing) + '</ul>' if missing else ''}
 </body></html>
 """
-    path = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page)
-    tmp.replace(path)
-    return path
+    return write_text_atomic(out / "index.html", page)
