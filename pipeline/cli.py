@@ -39,6 +39,14 @@ def cmd_config_show(args) -> int:
 def cmd_model(args) -> int:
     from pipeline import models
 
+    if args.name.startswith("synth/"):
+        from pipeline.synthetic_models import ensure_synthetic_model, synthetic_provenance
+
+        folder = ensure_synthetic_model(args.name, args.synthetic_config)
+        print(json.dumps({"folder": str(folder), "provenance": synthetic_provenance(args.name, args.synthetic_config)},
+                         indent=2))
+        return 0
+
     snap = models.ensure_model(args.name, source=args.source)
     print(json.dumps({"snapshot": str(snap) if snap else None,
                       "provenance": models.model_provenance(args.name)}, indent=2))
@@ -125,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(show, run_dir=False)
     show.set_defaults(func=cmd_config_show)
 
-    model = sub.add_parser("model", help="provision a model by name and print its provenance")
+    model = sub.add_parser("model", help="provision a model by name (or build a synth/* model) and print its provenance")
     model.add_argument("name", nargs="?", default="google/gemma-3-270m")
     model.add_argument("--source", default="auto", choices=["auto", "tiny-random"])
+    model.add_argument("--synthetic-config", help="JSON/YAML SyntheticModelConfig file for a custom synth/<name>")
     model.add_argument("--prompt", help="also greedily continue this text")
     model.add_argument("--max-new-tokens", type=int, default=20)
     model.set_defaults(func=cmd_model)

@@ -13,7 +13,8 @@ def test_presets_resolve_and_round_trip(name, tmp_path):
     assert cfg.preset == name
     path = cfg.save(tmp_path / "c.json")
     assert RunConfig.load(path) == cfg
-    assert cfg.model.hook == f"blocks.{cfg.model.layer}.hook_resid_post"
+    expected = "synthetic" if cfg.model.is_synthetic else f"blocks.{cfg.model.layer}.hook_resid_post"
+    assert cfg.model.hook == expected
 
 
 def test_yaml_file_overrides_a_preset(tmp_path):
