@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from fc_base.errors import ConfigError
-from fc_base.options import Options, add_section, build_section
+from fc_base.options import Options, PluginRegistry
 
 if TYPE_CHECKING:
     from eval.config import EvalConfig
@@ -80,45 +79,15 @@ class EvalSpec:
             raise ValueError(f"eval {self.name}: model_kind must be language or synthetic, got {self.model_kind!r}")
 
 
-_SPECS: dict[str, EvalSpec] = {}
-_OPTIONS: dict[str, type] = {}
+EVALS = PluginRegistry("eval", "eval", "eval.registry")
 
 
 def register(spec: EvalSpec) -> EvalSpec:
-    if spec.name in _SPECS:
-        raise ValueError(f"eval {spec.name!r} is registered twice")
-    if spec.options is not None:
-        add_section(_OPTIONS, spec.options)
-    _SPECS[spec.name] = spec
-    return spec
+    return EVALS.add(spec.name, spec, (spec.options,) if spec.options is not None else ())
 
 
-def _loaded() -> None:
-    import eval.registry  # noqa: F401  (registers every eval on first use)
-
-
-def get_eval(name: str) -> EvalSpec:
-    _loaded()
-    if name not in _SPECS:
-        raise ConfigError(f"unknown eval {name!r} (allowed: {', '.join(_SPECS)})")
-    return _SPECS[name]
-
-
-def eval_names() -> list[str]:
-    _loaded()
-    return list(_SPECS)
-
-
-def eval_specs() -> list[EvalSpec]:
-    _loaded()
-    return list(_SPECS.values())
-
-
-def option_sections() -> dict[str, type]:
-    _loaded()
-    return dict(_OPTIONS)
-
-
-def build_options(section: str, values: Any) -> Any:
-    """An eval option group from its ``eval.options`` entry."""
-    return build_section("eval", option_sections(), section, values)
+get_eval = EVALS.get
+eval_names = EVALS.names
+eval_specs = EVALS.items
+option_sections = EVALS.sections
+build_options = EVALS.build_options

@@ -61,3 +61,50 @@ def upgrade_legacy(data: dict[str, Any], legacy: dict[str, tuple[str, str]]) -> 
             options.setdefault(section, {})[name] = data.pop(key)
     data["options"] = options
     return data
+
+
+class PluginRegistry:
+    """Named plug-ins (training recipes, evals) and the option groups they read.
+
+    ``loader`` is the module whose import registers every built-in plug-in; it is imported on first
+    lookup, so defining a plug-in never needs the registry to be complete."""
+
+    def __init__(self, kind: str, prefix: str, loader: str) -> None:
+        self.kind, self.prefix, self.loader = kind, prefix, loader
+        self._items: dict[str, Any] = {}
+        self._sections: dict[str, type] = {}
+
+    def add(self, name: str, item: Any, options: tuple[type, ...] = ()) -> Any:
+        if name in self._items:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        for cls in options:
+            add_section(self._sections, cls)
+        self._items[name] = item
+        return item
+
+    def _load(self) -> None:
+        import importlib
+
+        importlib.import_module(self.loader)
+
+    def get(self, name: str) -> Any:
+        self._load()
+        if name not in self._items:
+            raise ConfigError(f"unknown {self.kind} {name!r} (allowed: {', '.join(self._items)})")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        self._load()
+        return list(self._items)
+
+    def items(self) -> list[Any]:
+        self._load()
+        return list(self._items.values())
+
+    def sections(self) -> dict[str, type]:
+        self._load()
+        return dict(self._sections)
+
+    def build_options(self, section: str, values: Any) -> Any:
+        """The option group ``section`` from its ``<prefix>.options`` entry."""
+        return build_section(self.prefix, self.sections(), section, values)

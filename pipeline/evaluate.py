@@ -13,7 +13,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -24,6 +24,9 @@ from fc_base.errors import ConfigError
 from fc_base.sae_folder import META_FILE, SAES_DIR, SAEMeta, list_sae_folders
 from fc_base.torch_utils import resolve_device, torch_dtype
 from pipeline.config import RunConfig
+
+if TYPE_CHECKING:
+    import torch
 
 # Evals in one process run one at a time: they share the loaded model (and patch its forward to stop
 # early), sae-bench seeds Python's global RNG, and each eval already uses every core.  Thread-pool

@@ -189,8 +189,8 @@ def test_a_new_recipe_is_one_file(tmp_path):
     from trainers.data import InMemoryActivations
     from trainers.export import ModelInfo
     from trainers.loop import train_sae
-    from trainers.recipe import Recipe, get_recipe, register
     from trainers.config import TrainConfig
+    from trainers.recipe import Recipe, get_recipe, recipe_names, register
     from trainers.topk import TopKSAE
     from tests.trainers_fixtures import synthetic_acts
     import torch
@@ -198,7 +198,7 @@ def test_a_new_recipe_is_one_file(tmp_path):
     def build(d_in, cfg, generator):
         return TopKSAE(d_in, cfg.d_sae, cfg.k, auxk_alpha=0.0, generator=generator)
 
-    if "topk_no_auxk" not in __import__("trainers.recipe", fromlist=["_RECIPES"])._RECIPES:
+    if "topk_no_auxk" not in recipe_names():
         register(Recipe("topk_no_auxk", "TopK without the AuxK loss", build))
     assert get_recipe("topk_no_auxk").maintain is None
     cfg = TrainConfig(trainers=["topk_no_auxk"], seeds=[0], d_sae=64, k=4, n_tokens=4096, batch_size=256,

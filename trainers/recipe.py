@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
-from fc_base.errors import ConfigError
-from fc_base.options import add_section, build_section
+from fc_base.options import PluginRegistry
 
 if TYPE_CHECKING:  # the option dataclasses stay importable without torch
     import torch
@@ -69,50 +68,15 @@ class Recipe:
     ``train(source, cfg, trainer, seed, out_dir, info, progress)``; None: the shared loop."""
 
 
-_RECIPES: dict[str, Recipe] = {}
-_OPTIONS: dict[str, type] = {}
-
-
-def register_options(cls: type) -> type:
-    """Make an option group known to ``train.options`` (idempotent)."""
-    return add_section(_OPTIONS, cls)
+RECIPES = PluginRegistry("trainer", "train", "trainers.registry")
 
 
 def register(recipe: Recipe) -> Recipe:
-    if recipe.name in _RECIPES:
-        raise ValueError(f"trainer recipe {recipe.name!r} is registered twice")
-    for cls in recipe.options:
-        register_options(cls)
-    _RECIPES[recipe.name] = recipe
-    return recipe
+    return RECIPES.add(recipe.name, recipe, recipe.options)
 
 
-def _loaded() -> None:
-    import trainers.registry  # noqa: F401  (registers every recipe on first use)
-
-
-def get_recipe(name: str) -> Recipe:
-    _loaded()
-    if name not in _RECIPES:
-        raise ConfigError(f"unknown trainer {name!r} (allowed: {', '.join(_RECIPES)})")
-    return _RECIPES[name]
-
-
-def recipe_names() -> list[str]:
-    _loaded()
-    return list(_RECIPES)
-
-
-def recipes() -> list[Recipe]:
-    _loaded()
-    return list(_RECIPES.values())
-
-
-def option_sections() -> dict[str, type]:
-    _loaded()
-    return dict(_OPTIONS)
-
-
-def build_options(section: str, values: Any) -> Any:
-    """A training option group from its ``train.options`` entry."""
-    return build_section("train", option_sections(), section, values)
+get_recipe = RECIPES.get
+recipe_names = RECIPES.names
+recipes = RECIPES.items
+option_sections = RECIPES.sections
+build_options = RECIPES.build_options
