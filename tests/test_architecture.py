@@ -153,6 +153,7 @@ def every_recipe_trained(tiny_model_dir, tmp_path_factory):
 
 def test_every_recipe_trains_on_the_tiny_preset(every_recipe_trained):
     from fc_base.sae_folder import SAEMeta
+    from trainers.fc_guidance import FCOptions
     from trainers.recipe import get_recipe
 
     from eval.sae import load_sae
@@ -172,16 +173,18 @@ def test_every_recipe_trains_on_the_tiny_preset(every_recipe_trained):
         else:
             assert meta.k is None
         splits = pd.read_parquet(folder / "splits.parquet")
-        if name.startswith("fc_"):
-            assert len(splits) > 0, f"{name} never split"
+        if FCOptions in get_recipe(name).options:  # FC guidance and its random-surgery control
+            assert len(splits) > 0 and splits["slot_dead"].all(), f"{name} never split into a dead slot"
         else:
             assert splits.empty, name
 
 
-def test_relu_recipes_resample_dead_latents(every_recipe_trained):
-    for name in ("relu_l1", "fc_relu_l1"):
-        log = [json.loads(line) for line in (every_recipe_trained[name] / "train_log.jsonl").read_text().splitlines()]
-        assert log[-1]["n_resampled"] > 0, name
+def test_relu_recipes_revive_dead_latents(every_recipe_trained):
+    """relu_l1 resamples its dead latents; fc_relu_l1 first hands them to splits, then resamples the rest."""
+    log = [json.loads(line) for line in (every_recipe_trained["relu_l1"] / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["n_resampled"] > 0
+    log = [json.loads(line) for line in (every_recipe_trained["fc_relu_l1"] / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["n_resampled"] + log[-1]["n_splits"] > 0
 
 
 def test_a_new_recipe_is_one_file(tmp_path):

@@ -21,9 +21,10 @@ from trainers.loop import TrainingDivergedError, train_sae
 
 REPO = Path(__file__).resolve().parents[1]
 INFO = ModelInfo("synthetic", "tiny-random", 0, "blocks.0.hook_resid_post")
-CFG = dict(d_sae=64, k=4, n_tokens=64 * 40, batch_size=64, resample_every=5, checkpoint_every=20,
+CFG = dict(d_sae=128, k=4, n_tokens=64 * 40, batch_size=64, resample_every=5, checkpoint_every=20,
            snapshot_every=5, log_every=3, reservoir_rows=512, dead_after_tokens=256, norm_rows=1024,
-           options={"fc": {"max_split_frac": 0.05}}, seeds=[0], trainers=["fc_topk"], device="cpu")
+           options={"fc": {"max_split_frac": 0.05, "dead_freq": 0.02}}, tracker={"beta": 0.8}, seeds=[0],
+           trainers=["fc_topk"], device="cpu")
 
 CHILD = textwrap.dedent("""
     import os, signal, sys

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from trainers.resampling import resample_dead
-from trainers.splitting import SPLIT_COLUMNS, fc_split, select_candidates, select_slots
+from trainers.splitting import SPLIT_COLUMNS, fc_split, select_candidates, select_random_candidates, select_slots
 from trainers.topk import TopKSAE
 from trainers.relu_l1 import ReluL1SAE
 from trainers.tracker import FrequencyConsistencyTracker
@@ -35,6 +35,7 @@ def test_planted_two_direction_latent_is_split_and_moments_cleared():
         model.W_dec[0] = mixed
         model.W_enc[:, 0] = mixed * 2
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    enc_norm_before = float(model.W_enc.data[:, 0].norm())
     out = model.training_step(x_ND, torch.zeros(M, dtype=torch.bool))
     out.loss.backward()
     optimizer.step()
@@ -48,6 +49,7 @@ def test_planted_two_direction_latent_is_split_and_moments_cleared():
         tracker.update(x_BD, model.encode(x_BD), model.b_dec.data)
     assert int(tracker.absorption_score.argmax()) == 0
 
+    bias_before = float(model.b_enc.data[0])
     result = fc_split(model, optimizer, tracker, x_ND, model.b_dec.data, step=7, z=1.0,
                       max_split_frac=1 / M, dead_freq=1e-5, min_rows=8)
     assert len(result.rows) == 1
@@ -61,6 +63,11 @@ def test_planted_two_direction_latent_is_split_and_moments_cleared():
     enc_dirs = model.W_enc.data[:, [0, slot]].T
     torch.testing.assert_close(enc_dirs / enc_dirs.norm(dim=1, keepdim=True), new_dirs)
     assert model.b_enc.data[slot] == 0.0
+    # the kept half keeps its own encoder norm and bias (it goes on firing about as often)
+    assert abs(float(model.W_enc.data[:, 0].norm()) - enc_norm_before) < 0.01
+    assert float(model.b_enc.data[0]) == bias_before
+    assert float(model.W_enc.data[:, slot].norm()) < 0.5 * enc_norm_before
+    assert row["slot_dead"] and row["slot_frequency"] < 1e-5
 
     touched = [0, slot]
     untouched = [i for i in range(M) if i not in touched]
@@ -113,6 +120,7 @@ def test_recently_split_latents_are_neither_candidates_nor_slots():
     x_ND = torch.randn(1024, D, generator=gen)
     for x_BD in x_ND.split(128):
         tracker.update(x_BD, model.encode(x_BD))
+    tracker.reset([6, 7])  # two dead latents: the only possible slots
     protected = torch.zeros(M, dtype=torch.bool)
     protected[int(tracker.absorption_score.argmax())] = True
     protected[int(tracker.frequency.argmin())] = True
@@ -120,3 +128,30 @@ def test_recently_split_latents_are_neither_candidates_nor_slots():
                       dead_freq=1e-5, min_rows=4, protected_M=protected)
     assert result.rows, "unprotected candidates remain"
     assert not set(result.touched_ids.tolist()) & set(torch.nonzero(protected).squeeze(1).tolist())
+    assert {row["slot"] for row in result.rows} <= {6, 7} and all(row["slot_dead"] for row in result.rows)
+
+
+def test_without_dead_latents_nothing_is_overwritten():
+    gen = torch.Generator().manual_seed(4)
+    model = TopKSAE(D, M, k=4, generator=gen)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    tracker = FrequencyConsistencyTracker(M, D, beta=0.5)
+    x_ND = torch.randn(1024, D, generator=gen)
+    for x_BD in x_ND.split(128):
+        tracker.update(x_BD, model.encode(x_BD))
+    assert bool((tracker.frequency > 1e-5).all())
+    before = model.W_dec.data.clone()
+    result = fc_split(model, optimizer, tracker, x_ND, model.b_dec.data, step=1, z=0.0, max_split_frac=0.5,
+                      dead_freq=1e-5, min_rows=4)
+    assert result.rows == [] and torch.equal(model.W_dec.data, before)
+
+
+def test_threshold_ignores_protected_latents_and_random_control_matches_the_count():
+    score = torch.tensor([0.0, 0.9, 0.1, 0.8, 0.0, 0.0, 0.05, 0.0, 5.0])
+    eligible = torch.ones(9, dtype=torch.bool)
+    eligible[8] = False  # a protected outlier must not lift the threshold over everyone else
+    assert select_candidates(score, z=1.0, max_count=5, eligible_M=eligible).tolist() == [1, 3]
+    assert select_candidates(score, z=1.0, max_count=5).tolist() == [8]
+    picks = [select_random_candidates(score, 1.0, 5, eligible, torch.Generator().manual_seed(s)).tolist()
+             for s in range(20)]
+    assert all(len(p) == 2 and 8 not in p for p in picks) and len({tuple(sorted(p)) for p in picks}) > 3

@@ -159,8 +159,10 @@ class TrainConfig:
                                resample_every=2500, dead_after_tokens=10_000_000,
                                checkpoint_every=5000, snapshot_every=500, log_every=50)
         if name == "tiny":
+            # 128 steps: the tracker's memory (1 / (1 - beta)) must be short enough for split events.
             return TrainConfig(d_sae=256, k=8, n_tokens=32768, batch_size=256, seeds=[0], lr=5e-3,
-                               resample_every=16, reservoir_rows=2048, options={"fc": {"max_split_frac": 0.02}},
+                               resample_every=16, reservoir_rows=2048,
+                               options={"fc": {"max_split_frac": 0.02, "dead_freq": 5e-3}},
                                dead_after_tokens=4096, checkpoint_every=64, snapshot_every=8,
-                               log_every=4, norm_rows=4096, cpu_threads=1)
+                               log_every=4, norm_rows=4096, cpu_threads=1, tracker=TrackerConfig(beta=0.9))
         raise TrainConfigError(f"no training preset {name!r}")

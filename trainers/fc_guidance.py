@@ -4,6 +4,11 @@
 splits the latents with the highest absorption score s_i = f_i (1 - c_i) (trainers.splitting), then
 runs ``base``'s own maintenance (e.g. resampling of the dead latents the splits left unused). The
 recipes ``fc_topk``, ``fc_relu_l1``, ``fc_batchtopk`` and ``fc_matryoshka`` are built this way.
+
+``with_fc_guidance(base, control=True)`` is the random-surgery control (``random_split_<base>``): the
+same events at the same steps, as many splits per event as the score rule would make, the same
+surgery, on candidates drawn uniformly among the eligible living latents. Without it no gain can be
+credited to the statistic. No event happens before the tracker's EMAs have seen 1 / (1 - beta) steps.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from fc_base.errors import check
 from fc_base.options import Options
 from trainers.recipe import MaintenanceContext, MaintenanceResult, Recipe
 from trainers.splitting import fc_split
+from trainers.tracker import memory_steps
 
 
 @dataclass
@@ -39,21 +45,25 @@ class FCOptions(Options):
         check(self.min_rows >= 2, f"train.options.fc.min_rows must be >= 2, got {self.min_rows}")
 
 
-def fc_split_maintain(ctx: MaintenanceContext) -> MaintenanceResult:
+def fc_split_maintain(ctx: MaintenanceContext, *, control: bool = False) -> MaintenanceResult:
     """One FC split event; recently touched latents are neither candidates nor slots."""
+    if ctx.step < memory_steps(ctx.cfg.tracker.beta):  # the EMAs have not seen enough steps yet
+        return MaintenanceResult(torch.empty(0, dtype=torch.long), [], 0)
     opts = ctx.cfg.option(FCOptions)
     result = fc_split(ctx.model, ctx.optimizer, ctx.tracker, ctx.reservoir_RD, ctx.model.b_dec.data.detach(),
                       step=ctx.step, z=opts.z, max_split_frac=opts.max_split_frac, dead_freq=opts.dead_freq,
-                      min_rows=opts.min_rows, protected_M=ctx.recently_touched_M)
+                      min_rows=opts.min_rows, protected_M=ctx.recently_touched_M,
+                      random_generator=ctx.generator if control else None)
     return MaintenanceResult(result.touched_ids, result.rows, 0)
 
 
-def with_fc_guidance(base: Recipe, name: str | None = None) -> Recipe:
-    """``base`` plus FC splitting before its own maintenance (if any)."""
+def with_fc_guidance(base: Recipe, name: str | None = None, *, control: bool = False) -> Recipe:
+    """``base`` plus FC splitting before its own maintenance (if any); ``control``: the
+    random-surgery control arm."""
     then = base.maintain
 
     def maintain(ctx: MaintenanceContext) -> MaintenanceResult:
-        split = fc_split_maintain(ctx)
+        split = fc_split_maintain(ctx, control=control)
         if then is None:
             return split
         # Latents the split just rewrote are neither dead nor free for the base's maintenance.
@@ -64,5 +74,9 @@ def with_fc_guidance(base: Recipe, name: str | None = None) -> Recipe:
         return MaintenanceResult(torch.cat([split.touched_L.cpu(), after.touched_L.cpu()]),
                                  split.split_rows + after.split_rows, split.n_resampled + after.n_resampled)
 
+    if control:
+        return Recipe(name or f"random_split_{base.name}",
+                      f"{base.description}, plus FC's split surgery on random latents (control)",
+                      base.build, options=(*base.options, FCOptions), maintain=maintain, sparsity=base.sparsity)
     return Recipe(name or f"fc_{base.name}", f"{base.description}, plus FC-guided splitting",
                   base.build, options=(*base.options, FCOptions), maintain=maintain, sparsity=base.sparsity)

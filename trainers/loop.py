@@ -36,7 +36,7 @@ from trainers.export import ModelInfo, export_sae
 from trainers.recipe import MaintenanceContext, Recipe, get_recipe
 from trainers.sae import SparseAutoencoder, StepOutput
 from trainers.splitting import SPLIT_COLUMNS
-from trainers.tracker import FrequencyConsistencyTracker, TrackerStep
+from trainers.tracker import FrequencyConsistencyTracker, TrackerStep, memory_steps
 
 HISTORY_COLUMNS = ["step", "latent", "frequency", "consistency", "absorption_score"]
 # Config fields that may change between a checkpoint and its resume without changing the result.
@@ -190,7 +190,8 @@ def _history_frame(history: list[dict[str, np.ndarray]], d_sae: int) -> pd.DataF
 
 def _splits_frame(splits: list[dict]) -> pd.DataFrame:
     dtypes = {"step": "int64", "latent": "int64", "slot": "int64", "score": "float64",
-              "frequency": "float64", "consistency": "float64", "cosine": "float64"}
+              "frequency": "float64", "consistency": "float64", "cosine": "float64", "slot_frequency": "float64",
+              "slot_dead": "bool"}
     return pd.DataFrame(splits, columns=SPLIT_COLUMNS).astype(dtypes)
 
 
@@ -211,7 +212,7 @@ def _maintain(run: _Run) -> None:
         return
     # Latents touched within the tracker's memory (1 / (1 - beta) steps) have too little evidence
     # to be judged again, and their low frequency would make them the next slots.
-    horizon = int(round(1.0 / (1.0 - cfg.tracker.beta))) if cfg.tracker.beta > 0 else 1
+    horizon = memory_steps(cfg.tracker.beta)
     ctx = MaintenanceContext(step=step, cfg=cfg, model=run.model, optimizer=run.optimizer, tracker=run.tracker,
                              reservoir_RD=run.reservoir_RD[:run.reservoir_filled],
                              dead_M=run.tokens_since_fired_M >= cfg.dead_after_tokens,

@@ -6,6 +6,7 @@ import torch
 
 import trainers.topk  # noqa: F401  (one line per recipe module, in the order help lists them)
 import trainers.fc_topk  # noqa: F401
+import trainers.random_split_topk  # noqa: F401
 import trainers.relu_l1  # noqa: F401
 import trainers.fc_relu_l1  # noqa: F401
 import trainers.batchtopk  # noqa: F401

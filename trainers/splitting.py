@@ -1,11 +1,16 @@
 """FC-guided splitting: latents that fire often on inconsistent inputs are split in two.
 
-Candidates have absorption score s_i > mean(s) + z std(s) (highest first, at most a fraction of
-the dictionary per event). For each, the recent inputs that activate it are clustered into two
-direction patterns (spherical 2-means seeded by the sign of the first principal direction); the
-candidate keeps the pattern nearest its current decoder direction and a slot latent (dead first,
-then least frequent) takes the other. Norms follow the living latents; moments and tracker state
-of touched latents are cleared (trainers.surgery).
+Candidates have absorption score s_i > mean(s) + z std(s), the mean and std taken over the
+latents not recently touched (highest first, at most a fraction of the dictionary per event). For
+each, the recent inputs that activate it are clustered into two direction patterns (spherical
+2-means seeded by the sign of the first principal direction); the candidate keeps the pattern nearest
+its current decoder direction, with its own encoder norm and bias (so it keeps firing about as
+often), and a dead slot latent (frequency below ``dead_freq``) takes the other at 0.2x the living
+encoder norm and zero bias. Without dead slots fewer latents are split: a living latent is never
+overwritten. Moments and tracker state of touched latents are cleared (trainers.surgery).
+
+``choose`` replaces the statistic: the random-surgery control picks as many candidates as the score
+rule would, uniformly among the eligible latents, and runs the same surgery.
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from trainers.sae import SparseAutoencoder
 from trainers.surgery import RESAMPLED_ENCODER_SCALE, mean_encoder_norm, reinit_latents
 from trainers.tracker import FrequencyConsistencyTracker
 
-SPLIT_COLUMNS = ["step", "latent", "slot", "score", "frequency", "consistency", "cosine"]
+SPLIT_COLUMNS = ["step", "latent", "slot", "score", "frequency", "consistency", "cosine", "slot_frequency",
+                 "slot_dead"]
 
 
 class SplitResult(NamedTuple):
@@ -27,17 +33,34 @@ class SplitResult(NamedTuple):
     """Every latent whose weights changed (candidates and slots)."""
 
 
-def select_candidates(score_M: torch.Tensor, z: float, max_count: int) -> torch.Tensor:
-    threshold = score_M.mean() + z * score_M.std()
-    above_C = torch.nonzero(score_M > threshold).squeeze(1)
+def select_candidates(score_M: torch.Tensor, z: float, max_count: int,
+                      eligible_M: torch.Tensor | None = None) -> torch.Tensor:
+    """Eligible latents with score above mean + z std of the eligible scores, highest first."""
+    eligible_M = torch.ones_like(score_M, dtype=torch.bool) if eligible_M is None else eligible_M.to(score_M.device)
+    pool = score_M[eligible_M]
+    if pool.numel() < 2:
+        return torch.empty(0, dtype=torch.long, device=score_M.device)
+    above_C = torch.nonzero((score_M > pool.mean() + z * pool.std()) & eligible_M).squeeze(1)
     order = score_M[above_C].argsort(descending=True, stable=True)
     return above_C[order][:max_count]
 
 
-def select_slots(frequency_M: torch.Tensor, n: int, exclude: torch.Tensor) -> torch.Tensor:
-    """The n least frequent latents outside ``exclude``: dead ones come first by construction."""
+def select_random_candidates(score_M: torch.Tensor, z: float, max_count: int, eligible_M: torch.Tensor,
+                             generator: torch.Generator) -> torch.Tensor:
+    """As many candidates as :func:`select_candidates` would pick, uniformly among the eligible."""
+    n = select_candidates(score_M, z, max_count, eligible_M).numel()
+    pool_C = torch.nonzero(eligible_M.cpu()).squeeze(1)
+    return pool_C[torch.randperm(pool_C.numel(), generator=generator)[:n]].to(score_M.device)
+
+
+def select_slots(frequency_M: torch.Tensor, n: int, exclude: torch.Tensor,
+                 dead_freq: float | None = None) -> torch.Tensor:
+    """The n least frequent latents outside ``exclude`` (and, with ``dead_freq``, only those firing
+    less often than it)."""
     freq_M = frequency_M.clone()
     freq_M[exclude] = float("inf")
+    if dead_freq is not None:
+        freq_M[freq_M >= dead_freq] = float("inf")
     n = min(n, int(torch.isfinite(freq_M).sum()))
     return freq_M.argsort(stable=True)[:n]
 
@@ -84,14 +107,22 @@ def active_rows_of(model: SparseAutoencoder, inputs_RD: torch.Tensor, latent_ids
 @torch.no_grad()
 def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker: FrequencyConsistencyTracker,
              reservoir_RD: torch.Tensor, center_D: torch.Tensor, *, step: int, z: float, max_split_frac: float,
-             dead_freq: float, min_rows: int, protected_M: torch.Tensor | None = None) -> SplitResult:
-    """One split event. ``protected_M`` marks latents split so recently that their tracker
-    statistics have not recovered; they are neither candidates nor slots."""
+             dead_freq: float, min_rows: int, protected_M: torch.Tensor | None = None,
+             random_generator: torch.Generator | None = None) -> SplitResult:
+    """One split event. ``protected_M`` marks latents touched so recently that their tracker
+    statistics have not recovered; they are neither candidates, nor slots, nor part of the mean and
+    std that set the threshold. ``random_generator``: the random-surgery control (candidates drawn
+    uniformly, same count)."""
     score_M, freq_M, cons_M = tracker.absorption_score, tracker.frequency, tracker.consistency
+    eligible_M = torch.ones_like(score_M, dtype=torch.bool)
     if protected_M is not None:
-        score_M = torch.where(protected_M.to(score_M.device), torch.zeros_like(score_M), score_M)
+        eligible_M &= ~protected_M.to(score_M.device)
     empty = SplitResult([], torch.empty(0, dtype=torch.long))
-    cands_C = select_candidates(score_M, z, max(1, int(max_split_frac * model.d_sae)))
+    max_count = max(1, int(max_split_frac * model.d_sae))
+    if random_generator is None:
+        cands_C = select_candidates(score_M, z, max_count, eligible_M)
+    else:
+        cands_C = select_random_candidates(score_M, z, max_count, eligible_M & (freq_M > dead_freq), random_generator)
     if cands_C.numel() == 0:
         return empty
     active_RC = active_rows_of(model, reservoir_RD, cands_C.to(reservoir_RD.device), tracker.tau_act)
@@ -116,20 +147,26 @@ def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker
         return empty
     kept_L = torch.tensor(kept, dtype=torch.long)
     exclude = kept_L if protected_M is None else torch.cat([kept_L, torch.nonzero(protected_M.cpu()).squeeze(1)])
-    slots_L = select_slots(freq_M.cpu(), len(kept), exclude)
-    if len(slots_L) < len(kept):  # fewer free latents than candidates: split the best ones only
+    slots_L = select_slots(freq_M.cpu(), len(kept), exclude, dead_freq)
+    if len(slots_L) < len(kept):  # fewer dead latents than candidates: split the best ones only
         kept, keep_dirs, other_dirs, cosines = (v[:len(slots_L)] for v in (kept, keep_dirs, other_dirs, cosines))
         kept_L = kept_L[:len(slots_L)]
         if not kept:
             return empty
-    # As in dead-latent resampling: new encoders start small (0.2 x the living norm) so the new
-    # latents do not win the TopK of every input at once and wreck the reconstruction.
-    enc_norm = RESAMPLED_ENCODER_SCALE * mean_encoder_norm(model, freq_M > dead_freq)
+    # The kept half keeps its own encoder norm and bias, so it fires about as often as before. The
+    # new half starts small, as in dead-latent resampling (0.2 x the living norm), so it does not win
+    # the TopK of every input at once and wreck the reconstruction.
+    kept_dev = kept_L.to(model.W_enc.device)
+    kept_norms_L = model.W_enc.data[:, kept_dev].norm(dim=0).cpu()
+    slot_norm = RESAMPLED_ENCODER_SCALE * mean_encoder_norm(model, freq_M > dead_freq)
     ids_L = torch.cat([kept_L, slots_L])
     dirs_LD = torch.stack(keep_dirs + other_dirs)
-    b_enc_L = torch.cat([model.b_enc.data[kept_L.to(model.b_enc.device)].cpu(), torch.zeros(len(kept))])
-    reinit_latents(model, optimizer, tracker, ids_L, dirs_LD, torch.full((len(ids_L),), enc_norm), b_enc_L)
+    enc_norms_L = torch.cat([kept_norms_L, torch.full((len(kept),), slot_norm)])
+    b_enc_L = torch.cat([model.b_enc.data[kept_dev].cpu(), torch.zeros(len(kept))])
+    slot_freq = freq_M.cpu()[slots_L].tolist()
+    reinit_latents(model, optimizer, tracker, ids_L, dirs_LD, enc_norms_L, b_enc_L)
     rows = [{"step": step, "latent": lat, "slot": int(slot), "score": float(score_M[lat]),
-             "frequency": float(freq_M[lat]), "consistency": float(cons_M[lat]), "cosine": cos}
-            for lat, slot, cos in zip(kept, slots_L.tolist(), cosines)]
+             "frequency": float(freq_M[lat]), "consistency": float(cons_M[lat]), "cosine": cos,
+             "slot_frequency": sf, "slot_dead": sf < dead_freq}
+            for lat, slot, cos, sf in zip(kept, slots_L.tolist(), cosines, slot_freq)]
     return SplitResult(rows, ids_L)

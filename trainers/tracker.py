@@ -22,6 +22,11 @@ from typing import NamedTuple
 import torch
 
 
+def memory_steps(beta: float) -> int:
+    """Steps an EMA of decay ``beta`` needs to reflect its inputs (1 / (1 - beta))."""
+    return int(round(1.0 / (1.0 - beta))) if beta > 0 else 1
+
+
 class TrackerStep(NamedTuple):
     fires_M: torch.Tensor
     """How many rows of the batch activated each latent (the same indicators as L0)."""
