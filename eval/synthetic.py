@@ -29,7 +29,8 @@ from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
 from fc_base.errors import check
 from fc_base.sae_folder import HISTORY_FILE
 
-HISTORY_STATISTICS = {"absorption_score": 1.0, "frequency": 1.0, "consistency": -1.0}
+HISTORY_STATISTICS = {"absorption_score": 1.0, "frequency": 1.0, "consistency": -1.0, "hole_rate": 1.0,
+                      "hole_score": 1.0, "encoder_suppression": 1.0}
 """fc_history columns scored by detect_auc (sign: higher means "more likely absorbed")."""
 
 
@@ -93,7 +94,7 @@ def detection_aucs(history: pd.DataFrame, absorbed_M: torch.Tensor) -> dict[str,
     last = history[history["step"] == history["step"].max()].sort_values("latent")
     out = {}
     for column, sign in HISTORY_STATISTICS.items():
-        if column in last:
+        if column in last and last[column].notna().any():
             name = "inconsistency" if sign < 0 else column
             out[f"detect_auc_{name}"] = detection_auc(sign * last[column].to_numpy(np.float64), absorbed_M.numpy())
     out["n_absorbed_latents"] = float(absorbed_M.sum())

@@ -103,7 +103,10 @@ def test_train_stage_writes_the_documented_sae_folders(tiny_run):
         assert LOG_FIELDS <= set(log.columns)
         assert log["explained_variance"].iloc[-1] > 0.5, "the SAE must actually learn"
         history = pd.read_parquet(path / "fc_history.parquet")
-        assert list(history.columns) == ["step", "latent", "frequency", "consistency", "absorption_score"]
+        assert list(history.columns) == ["step", "latent", "frequency", "consistency", "absorption_score",
+                                         "hole_rate", "hole_score", "encoder_suppression"]
+        last = history[history["step"] == history["step"].max()]
+        assert last["encoder_suppression"].notna().all() and last["hole_rate"].between(0, 1).all()
         assert history.groupby("step").size().eq(cfg.train.d_sae).all()
         sae = SAE.load_from_disk(path)
         x = torch.randn(8, 64) * 40

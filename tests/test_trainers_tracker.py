@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trainers.tracker import FrequencyConsistencyTracker
+from trainers.tracker import FrequencyConsistencyTracker, encoder_suppression
 
 B, M, D, K, STEPS, BETA = 10, 12, 5, 3, 4, 0.9
 
@@ -138,3 +138,86 @@ def test_reset_and_state_roundtrip_and_projection_memory():
     assert tracker.frequency[fired] == 0 and tracker.consistency[fired] == 1 and tracker.absorption_score[fired] == 0
     assert clone.frequency[fired] > 0
     assert tracker.extra_bytes == 4 * (M + M + M * 3 + M + D * 3)
+
+
+def reference_holes(batches, beta: float, hole_rows: int):
+    """Per-latent loops of the hole statistics (trainers.tracker's docstring)."""
+    m = batches[0][1].shape[1]
+    fired, proj, present, holes = [0.0] * m, [0.0] * m, [0.0] * m, [0.0] * m
+    for x, a, center, W_dec in batches:
+        s = min(hole_rows, x.shape[0])
+        new = [[0.0] * 4 for _ in range(m)]
+        for i in range(m):
+            mu = proj[i] / fired[i] if fired[i] > 0 else 0.0
+            for b in range(s):
+                p = sum((x[b, j] - center[j]).item() * W_dec[i, j].item() for j in range(x.shape[1]))
+                active = abs(a[b, i].item()) > 0
+                is_present = fired[i] > 0 and p > 0.5 * mu
+                new[i][0] += active
+                new[i][1] += p if active else 0.0
+                new[i][2] += is_present
+                new[i][3] += is_present and not active
+        for i in range(m):
+            fired[i] = beta * fired[i] + (1 - beta) * new[i][0]
+            proj[i] = beta * proj[i] + (1 - beta) * new[i][1]
+            present[i] = beta * present[i] + (1 - beta) * new[i][2]
+            holes[i] = beta * holes[i] + (1 - beta) * new[i][3]
+    return [h / p if p > 0 else 0.0 for h, p in zip(holes, present)]
+
+
+@pytest.mark.parametrize("codes", ["dense", "sparse"])
+def test_hole_rate_matches_reference_loop(codes):
+    gen = torch.Generator().manual_seed(7)
+    hole_rows = 5
+    tracker = FrequencyConsistencyTracker(M, D, beta=BETA, hole_rows=hole_rows)
+    batches = []
+    for _ in range(STEPS):
+        x = torch.randn(B, D, generator=gen) * 2 + 1
+        center = torch.randn(D, generator=gen) * 0.1
+        W_dec = torch.randn(M, D, generator=gen)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        if codes == "dense":
+            a = torch.randn(B, M, generator=gen).relu() * (torch.rand(B, M, generator=gen) > 0.5)
+            tracker.update(x, a, center, W_dec_MD=W_dec)
+        else:
+            a, idx, vals = topk_codes(gen)
+            tracker.update(x, None, center, active_idx_BK=idx, active_val_BK=vals, W_dec_MD=W_dec)
+        batches.append((x, a, center, W_dec))
+    expected = torch.tensor(reference_holes(batches, BETA, hole_rows))
+    torch.testing.assert_close(tracker.hole_rate, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(tracker.hole_score, tracker.frequency * expected, atol=1e-5, rtol=1e-4)
+    assert float(tracker.hole_rate.max()) > 0  # the sample exercises holes
+    tracker.reset([0, 1])
+    assert tracker.hole_rate[:2].tolist() == [0.0, 0.0]
+
+
+def test_encoder_suppression_matches_reference_loop():
+    gen = torch.Generator().manual_seed(9)
+    W_dec = torch.randn(M, D, generator=gen)
+    W_enc = torch.randn(D, M, generator=gen)
+    d = W_dec / W_dec.norm(dim=1, keepdim=True)
+    e = (W_enc / W_enc.norm(dim=0, keepdim=True)).T
+    expected = []
+    for p in range(M):
+        best = 0.0
+        for c in range(M):
+            if c == p:
+                continue
+            g = float(d[p] @ d[c])
+            supp = (float(e[p] @ d[c]) - g * float(e[p] @ d[p])) / max(1 - g * g, 1e-6) ** 0.5
+            best = max(best, max(g, 0.0) * max(-supp, 0.0))
+        expected.append(best)
+    torch.testing.assert_close(encoder_suppression(W_enc, W_dec, chunk=3), torch.tensor(expected), atol=1e-5, rtol=1e-4)
+
+
+def test_a_suppressed_parent_encoder_scores_high():
+    """A parent whose encoder points away from its child's own direction is what the statistic finds."""
+    basis, _ = torch.linalg.qr(torch.randn(D, D, generator=torch.Generator().manual_seed(2)))
+    parent, child_part = basis[:, 0], basis[:, 1]
+    W_dec = torch.randn(M, D, generator=torch.Generator().manual_seed(3))
+    W_dec[0], W_dec[1] = parent, (parent + child_part) / 2 ** 0.5
+    W_enc = W_dec.T.clone()
+    scores = encoder_suppression(W_enc, W_dec)
+    W_enc[:, 0] = parent - 0.8 * child_part  # the parent's encoder is turned away from the child
+    suppressed = encoder_suppression(W_enc, W_dec)
+    assert float(suppressed[0]) > 0.3 and float(suppressed[0]) > float(scores[0]) + 0.3

@@ -31,6 +31,12 @@ class TrackerConfig:
     ``seed`` (1 / (1 + mean variance of raw inputs))."""
     projection_dim: int | None = None
     """Optional fixed random projection of directions to this many dims (memory O(m*p))."""
+    hole_rows: int = 256
+    """Rows per batch for the hole statistics along each latent's own decoder (hole_rate, hole_score;
+    one hole_rows x M x D matmul per step; 0: off)."""
+    suppression_every: int = 0
+    """Steps between encoder-suppression computations at tracker snapshots (weights only, O(M^2 D));
+    0: only at the last snapshot."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.beta < 1.0, f"train.tracker.beta must be in [0, 1), got {self.beta}")
@@ -39,6 +45,8 @@ class TrackerConfig:
                f"train.tracker.mode must be direction or seed, got {self.mode!r}")
         _check(self.projection_dim is None or self.projection_dim > 0,
                f"train.tracker.projection_dim must be None or > 0, got {self.projection_dim}")
+        _check(self.hole_rows >= 0, f"train.tracker.hole_rows must be >= 0, got {self.hole_rows}")
+        _check(self.suppression_every >= 0, f"train.tracker.suppression_every must be >= 0, got {self.suppression_every}")
 
 
 @dataclass

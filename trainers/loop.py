@@ -36,9 +36,11 @@ from trainers.export import ModelInfo, export_sae
 from trainers.recipe import MaintenanceContext, Recipe, get_recipe
 from trainers.sae import SparseAutoencoder, StepOutput
 from trainers.splitting import SPLIT_COLUMNS
-from trainers.tracker import FrequencyConsistencyTracker, TrackerStep, memory_steps
+from trainers.tracker import FrequencyConsistencyTracker, TrackerStep, encoder_suppression, memory_steps
 
 HISTORY_COLUMNS = ["step", "latent", "frequency", "consistency", "absorption_score"]
+"""The columns every fc_history.parquet has; trackers that keep more statistics add theirs
+(hole_rate, hole_score, encoder_suppression)."""
 # Config fields that may change between a checkpoint and its resume without changing the result.
 RESUME_FREE_FIELDS = {"trainers", "seeds", "device", "checkpoint_every", "keep_checkpoints", "cpu_threads"}
 
@@ -93,7 +95,8 @@ class _Run:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
         t = cfg.tracker
         self.tracker = FrequencyConsistencyTracker(cfg.d_sae, d_in, beta=t.beta, tau_act=t.tau_act, mode=t.mode,
-                                                   projection_dim=t.projection_dim, device=device)
+                                                   projection_dim=t.projection_dim, device=device,
+                                                   hole_rows=t.hole_rows)
         self.tokens_since_fired_M = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
         self.touched_at_M = torch.full((cfg.d_sae,), -(10**9), dtype=torch.long)
         self.reservoir_RD = torch.zeros(cfg.reservoir_rows, d_in, device=device)
@@ -170,21 +173,25 @@ def _log_row(run: _Run, out: StepOutput, x_BD: torch.Tensor, l0: float, lr: floa
 
 
 def _snapshot(run: _Run) -> dict[str, np.ndarray]:
-    return {"step": run.step, "frequency": run.tracker.frequency.cpu().numpy(),
-            "consistency": run.tracker.consistency.cpu().numpy(),
-            "absorption_score": run.tracker.absorption_score.cpu().numpy()}
+    """Every tracker statistic per latent; encoder suppression (O(M^2 D)) when due, else NaN."""
+    stats = {name: t.cpu().numpy() for name, t in run.tracker.statistics().items()}
+    every = run.cfg.tracker.suppression_every
+    if run.step == run.cfg.total_steps or (every and run.step % every == 0):
+        stats["encoder_suppression"] = encoder_suppression(run.model.W_enc.data, run.model.W_dec.data).cpu().numpy()
+    else:
+        stats["encoder_suppression"] = np.full(run.cfg.d_sae, np.nan, dtype=np.float32)
+    return {"step": run.step, **stats}
 
 
 def _history_frame(history: list[dict[str, np.ndarray]], d_sae: int) -> pd.DataFrame:
     if not history:
         return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("step", "latent") else "float32")
                              for c in HISTORY_COLUMNS})
+    names = [k for k in history[0] if k != "step"]
     return pd.DataFrame({
         "step": np.repeat(np.array([h["step"] for h in history], dtype=np.int64), d_sae),
         "latent": np.tile(np.arange(d_sae, dtype=np.int64), len(history)),
-        "frequency": np.concatenate([h["frequency"] for h in history]).astype(np.float32),
-        "consistency": np.concatenate([h["consistency"] for h in history]).astype(np.float32),
-        "absorption_score": np.concatenate([h["absorption_score"] for h in history]).astype(np.float32),
+        **{name: np.concatenate([h[name] for h in history]).astype(np.float32) for name in names},
     })
 
 
@@ -316,9 +323,10 @@ def _bookkeep(run: _Run, x_BD: torch.Tensor, out: StepOutput, lr: float, log_fil
     cfg, step = run.cfg, run.step
     center_D = run.model.b_dec.data
     if out.sparse is not None:
-        tstep = run.tracker.update_sparse(x_BD, out.sparse.rows_N, out.sparse.latents_N, out.sparse.values_N, center_D)
+        tstep = run.tracker.update_sparse(x_BD, out.sparse.rows_N, out.sparse.latents_N, out.sparse.values_N,
+                                          center_D, W_dec_MD=run.model.W_dec.data)
     else:
-        tstep = run.tracker.update(x_BD, out.acts_BM, center_D)
+        tstep = run.tracker.update(x_BD, out.acts_BM, center_D, W_dec_MD=run.model.W_dec.data)
     run.tokens_since_fired_M += cfg.batch_size
     run.tokens_since_fired_M[tstep.fires_M > 0] = 0
     run.recent_l0.append(tstep.l0)

@@ -14,6 +14,20 @@ Latents with N_i = 0 have no evidence: c_i = 1. Absorption score s_i = f_i (1 - 
 
 The update of S is A^T V: a sparse-dense product for TopK codes (O(B k P)), a matmul for dense
 codes; a B x M x D tensor is never formed. Extra memory is O(M P), P = D or projection_dim.
+
+Hole rate along the own decoder (statistics that can see absorption: a parent whose direction is
+present in the input while a child latent fires in its place). On the first ``hole_rows`` rows of
+each batch (batches are random permutations, so a random sample), with centred inputs x and unit
+decoder rows d_i: p_bi = x_b . d_i; mu_i = EMA of p_bi over those rows where i fires;
+present_bi = p_bi > 0.5 mu_i; H_i <- beta H_i + (1 - beta) sum_b present_bi and not A_bi;
+P_i <- beta P_i + (1 - beta) sum_b present_bi; ``hole_rate`` = H_i / P_i (0 without evidence) and
+``hole_score`` = f_i * hole_rate. Cost: one (hole_rows x M x D) matmul per step, 4 M floats.
+
+:func:`encoder_suppression` (weights only, computed at snapshots): with unit decoder rows D and unit
+encoder columns E, G = D D^T, H = E D^T, supp_pc = (H_pc - G_pc H_pp) / sqrt(1 - G_pc^2) (p's
+encoder along the part of d_c orthogonal to d_p) and g_p = max_c G+_pc (-supp_pc)+: how strongly a
+latent's encoder is turned away from a close neighbour's own direction (a parent that learned to be
+silent when its child fires). O(M^2 D) in row chunks, never M x M at once.
 """
 from __future__ import annotations
 
@@ -37,7 +51,7 @@ class TrackerStep(NamedTuple):
 class FrequencyConsistencyTracker:
     def __init__(self, d_sae: int, d_in: int, beta: float = 0.99, tau_act: float = 0.0,
                  mode: str = "direction", projection_dim: int | None = None,
-                 device: str | torch.device = "cpu", projection_seed: int = 0):
+                 device: str | torch.device = "cpu", projection_seed: int = 0, hole_rows: int = 0):
         if mode not in ("direction", "seed"):
             raise ValueError(f"tracker mode must be direction or seed, got {mode!r}")
         if not 0.0 <= beta < 1.0:
@@ -53,6 +67,9 @@ class FrequencyConsistencyTracker:
         self._count_M = torch.zeros(d_sae, device=device)
         self._sum_MP = torch.zeros(d_sae, p, device=device)
         self._sq_M = torch.zeros(d_sae, device=device) if mode == "seed" else None
+        self.hole_rows = hole_rows
+        # hole statistics: firing count and projection sum on the sampled rows, present and hole counts
+        self._hole_MK = torch.zeros(d_sae, 4, device=device) if hole_rows else None
 
     # ---- statistics ---------------------------------------------------------------------
     @property
@@ -76,8 +93,28 @@ class FrequencyConsistencyTracker:
         return self._freq_M * (1.0 - self.consistency)
 
     @property
+    def hole_rate(self) -> torch.Tensor | None:
+        if self._hole_MK is None:
+            return None
+        present_M, holes_M = self._hole_MK[:, 2], self._hole_MK[:, 3]
+        return torch.where(present_M > 0, holes_M / present_M.clamp_min(torch.finfo(present_M.dtype).tiny),
+                           torch.zeros_like(present_M))
+
+    @property
+    def hole_score(self) -> torch.Tensor | None:
+        rate_M = self.hole_rate
+        return None if rate_M is None else self._freq_M * rate_M
+
+    def statistics(self) -> dict[str, torch.Tensor]:
+        """Every per-latent statistic the tracker keeps (the columns of fc_history.parquet)."""
+        out = {"frequency": self.frequency, "consistency": self.consistency, "absorption_score": self.absorption_score}
+        if self._hole_MK is not None:
+            out["hole_rate"], out["hole_score"] = self.hole_rate, self.hole_score
+        return out
+
+    @property
     def extra_bytes(self) -> int:
-        tensors = [self._freq_M, self._count_M, self._sum_MP, self._sq_M, self.projection_DP]
+        tensors = [self._freq_M, self._count_M, self._sum_MP, self._sq_M, self.projection_DP, self._hole_MK]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def _input_vectors(self, x_BD: torch.Tensor, center_D: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -95,36 +132,62 @@ class FrequencyConsistencyTracker:
     @torch.no_grad()
     def update(self, x_BD: torch.Tensor, acts_BM: torch.Tensor | None = None,
                center_D: torch.Tensor | None = None, *, active_idx_BK: torch.Tensor | None = None,
-               active_val_BK: torch.Tensor | None = None) -> TrackerStep:
+               active_val_BK: torch.Tensor | None = None, W_dec_MD: torch.Tensor | None = None) -> TrackerStep:
         """Fold one batch into the EMAs. Pass dense codes ``acts_BM``, or the sparse TopK codes
-        ``active_idx_BK`` / ``active_val_BK`` (the faster path)."""
+        ``active_idx_BK`` / ``active_val_BK`` (the faster path). ``W_dec_MD`` (unit rows) feeds the
+        hole statistics when the tracker keeps them."""
         b = x_BD.shape[0]
         if active_idx_BK is not None:
             if active_val_BK is None:
                 raise ValueError("active_val_BK is required with active_idx_BK")
             rows_BK = torch.arange(b, device=x_BD.device)[:, None].expand_as(active_idx_BK)
             return self.update_sparse(x_BD, rows_BK.reshape(-1), active_idx_BK.reshape(-1),
-                                      active_val_BK.reshape(-1), center_D)
+                                      active_val_BK.reshape(-1), center_D, W_dec_MD=W_dec_MD)
         if acts_BM is None:
             raise ValueError("update needs acts_BM or active_idx_BK/active_val_BK")
         v_BP, sq_B = self._input_vectors(x_BD.detach().float(), center_D)
         a_BM = (acts_BM.detach().abs() > self.tau_act).float()
         fires_M = a_BM.sum(0)
         batch_sq_M = a_BM.T @ sq_B if sq_B is not None else None
+        if W_dec_MD is not None and self._hole_MK is not None:
+            s = min(self.hole_rows, b)
+            self._fold_holes(x_BD[:s], a_BM[:s] > 0, W_dec_MD, center_D)
         return self._fold(b, fires_M, a_BM.T @ v_BP, batch_sq_M)
 
     @torch.no_grad()
     def update_sparse(self, x_BD: torch.Tensor, rows_N: torch.Tensor, latents_N: torch.Tensor,
-                      values_N: torch.Tensor, center_D: torch.Tensor | None = None) -> TrackerStep:
+                      values_N: torch.Tensor, center_D: torch.Tensor | None = None, *,
+                      W_dec_MD: torch.Tensor | None = None) -> TrackerStep:
         """Sparse codes as COO triples (row, latent, value): O(nnz * P) work."""
         b = x_BD.shape[0]
         v_BP, sq_B = self._input_vectors(x_BD.detach().float(), center_D)
         a_N = (values_N.detach().abs() > self.tau_act).float()
+        if W_dec_MD is not None and self._hole_MK is not None:
+            s = min(self.hole_rows, b)
+            in_sample_N = (rows_N < s) & (a_N > 0)
+            active_SM = torch.zeros(s, self.d_sae, dtype=torch.bool, device=x_BD.device)
+            active_SM[rows_N[in_sample_N], latents_N[in_sample_N]] = True
+            self._fold_holes(x_BD[:s], active_SM, W_dec_MD, center_D)
         fires_M = torch.zeros(self.d_sae, device=x_BD.device).index_add_(0, latents_N, a_N)
         a_MB = torch.sparse_coo_tensor(torch.stack([latents_N, rows_N]), a_N, (self.d_sae, b), check_invariants=False)
         batch_sum_MP = torch.sparse.mm(a_MB, v_BP)
         batch_sq_M = torch.sparse.mm(a_MB, sq_B[:, None]).squeeze(1) if sq_B is not None else None
         return self._fold(b, fires_M, batch_sum_MP, batch_sq_M)
+
+    def _fold_holes(self, x_SD: torch.Tensor, active_SM: torch.Tensor, W_dec_MD: torch.Tensor,
+                    center_D: torch.Tensor | None) -> None:
+        x_SD = x_SD.detach().float()
+        if center_D is not None:
+            x_SD = x_SD - center_D.detach().float()
+        proj_SM = x_SD @ W_dec_MD.detach().float().T
+        fired_SM = active_SM.float()
+        stats_MK = self._hole_MK
+        mu_M = stats_MK[:, 1] / stats_MK[:, 0].clamp_min(torch.finfo(stats_MK.dtype).tiny)
+        # Without a mean projection yet (never fired) nothing counts as present.
+        present_SM = (proj_SM > 0.5 * mu_M) & (stats_MK[:, 0] > 0)
+        batch_MK = torch.stack([fired_SM.sum(0), (fired_SM * proj_SM).sum(0), present_SM.float().sum(0),
+                                (present_SM & ~active_SM).float().sum(0)], dim=1)
+        stats_MK.mul_(self.beta).add_(batch_MK, alpha=1.0 - self.beta)
 
     def _fold(self, b: int, fires_M: torch.Tensor, batch_sum_MP: torch.Tensor,
               batch_sq_M: torch.Tensor | None) -> TrackerStep:
@@ -141,14 +204,15 @@ class FrequencyConsistencyTracker:
     def reset(self, latent_ids: torch.Tensor | list[int]) -> None:
         """Forget everything about these latents (after surgery their statistics are stale)."""
         ids = torch.as_tensor(latent_ids, dtype=torch.long, device=self._freq_M.device)
-        for t in (self._freq_M, self._count_M, self._sum_MP, self._sq_M):
+        for t in (self._freq_M, self._count_M, self._sum_MP, self._sq_M, self._hole_MK):
             if t is not None:
                 t[ids] = 0.0
 
     def state_dict(self) -> dict[str, torch.Tensor | None]:
         return {"frequency": self._freq_M.clone(), "count": self._count_M.clone(),
                 "sums": self._sum_MP.clone(), "sq_sums": None if self._sq_M is None else self._sq_M.clone(),
-                "projection": None if self.projection_DP is None else self.projection_DP.clone()}
+                "projection": None if self.projection_DP is None else self.projection_DP.clone(),
+                "holes": None if self._hole_MK is None else self._hole_MK.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:
         if state["sums"].shape != self._sum_MP.shape:
@@ -159,3 +223,26 @@ class FrequencyConsistencyTracker:
         self._sum_MP = state["sums"].to(dev).clone()
         self._sq_M = None if state["sq_sums"] is None else state["sq_sums"].to(dev).clone()
         self.projection_DP = None if state["projection"] is None else state["projection"].to(dev).clone()
+        if self._hole_MK is not None and state.get("holes") is not None:
+            self._hole_MK = state["holes"].to(dev).clone()
+
+
+@torch.no_grad()
+def encoder_suppression(W_enc_DM: torch.Tensor, W_dec_MD: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """g_p = max_c G+_pc (-supp_pc)+ per latent (module docstring), in row chunks of ``chunk``."""
+    D_MD = W_dec_MD.detach().float()
+    D_MD = D_MD / D_MD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    E_MD = W_enc_DM.detach().float().T
+    E_MD = E_MD / E_MD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    m = D_MD.shape[0]
+    out_M = torch.empty(m, device=D_MD.device)
+    for start in range(0, m, chunk):
+        rows = slice(start, min(start + chunk, m))
+        G_CM = D_MD[rows] @ D_MD.T
+        H_CM = E_MD[rows] @ D_MD.T
+        h_C1 = (E_MD[rows] * D_MD[rows]).sum(1, keepdim=True)
+        supp_CM = (H_CM - G_CM * h_C1) / (1.0 - G_CM.pow(2)).clamp_min(1e-6).sqrt()
+        g_CM = G_CM.clamp_min(0.0) * (-supp_CM).clamp_min(0.0)
+        g_CM[torch.arange(g_CM.shape[0]), torch.arange(rows.start, rows.stop)] = 0.0  # c = p
+        out_M[rows] = g_CM.max(1).values
+    return out_M
