@@ -1,12 +1,15 @@
-"""FC-TopK step time / TopK step time, measured side by side in one run, and the tracker's memory.
+"""Tracker overhead per statistic, as ratios to a TopK step measured side by side in one run, and
+the tracker's memory.
 
 One TopK step = forward, AuxK, backward, decoder-gradient projection, Adam, decoder renorm.
-One FC-TopK step = the same + the FrequencyConsistencyTracker update (sparse path) + the split
-events amortised over ``resample_every`` steps. Steps of both kinds alternate in blocks so that
-machine load affects both alike; CPU time of this process is reported next to wall time because
-the CPU may be shared. Target: ratio <= 1.10.
+Variants: + the f/c tracker update (sparse path; FC-TopK, with its split events amortised over
+``resample_every`` steps); + the hole statistics on ``hole_rows`` rows; and encoder suppression
+(weights only) amortised over ``suppression_every`` steps. Steps of every variant alternate in
+blocks so that machine load affects them alike; CPU time is reported next to wall time because the
+CPU may be shared. Target: each ratio <= 1.10.
 
-    .venv/bin/python benchmarks/tracker_overhead.py                       # CPU scale
+    .venv/bin/python benchmarks/tracker_overhead.py                        # demo shape
+    .venv/bin/python benchmarks/tracker_overhead.py --d 2304 --m 16384 --k 80 --batch 4096 --steps 2
     .venv/bin/python benchmarks/tracker_overhead.py --d 2304 --m 65536 --k 320 --batch 4096 --device cuda
 """
 from __future__ import annotations
@@ -23,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainers.config import TrainConfig  # noqa: E402
 from trainers.registry import build_sae  # noqa: E402
 from trainers.splitting import fc_split  # noqa: E402
-from trainers.tracker import FrequencyConsistencyTracker  # noqa: E402
+from trainers.tracker import FrequencyConsistencyTracker, encoder_suppression  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -34,12 +37,14 @@ def sync(device: torch.device) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--d", type=int, default=640)
-    ap.add_argument("--m", type=int, default=4096)
+    ap.add_argument("--m", type=int, default=2048)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--blocks", type=int, default=4, help="alternating measurement blocks per variant")
     ap.add_argument("--steps", type=int, default=5, help="steps per block")
     ap.add_argument("--resample-every", type=int, default=250)
+    ap.add_argument("--hole-rows", type=int, default=256)
+    ap.add_argument("--suppression-every", type=int, default=500)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     args = ap.parse_args()
@@ -51,13 +56,15 @@ def main() -> None:
     cfg = TrainConfig(d_sae=args.m, k=args.k, batch_size=args.batch, n_tokens=args.batch, reservoir_rows=args.batch)
     model = build_sae("topk", cfg, args.d, torch.Generator().manual_seed(0)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    tracker = FrequencyConsistencyTracker(args.m, args.d, device=device)
+    tracker = FrequencyConsistencyTracker(args.m, args.d, device=device, hole_rows=args.hole_rows)
     x_BD = torch.randn(args.batch, args.d, device=device)
     dead_M = torch.zeros(args.m, dtype=torch.bool, device=device)
     dead_M[: args.m // 50] = True  # a few dead latents so AuxK does its work, as in training
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    def step(with_tracker: bool) -> None:
+    variants = ("topk", "fc", "fc+holes")
+
+    def step(variant: str) -> None:
         with autocast:
             out = model.training_step(x_BD, dead_M)
         optimizer.zero_grad(set_to_none=True)
@@ -65,16 +72,16 @@ def main() -> None:
         model.remove_parallel_decoder_grad()
         optimizer.step()
         model.normalise_decoder()
-        if with_tracker:
+        if variant != "topk":
             tracker.update_sparse(x_BD, out.sparse.rows_N, out.sparse.latents_N, out.sparse.values_N,
-                                  model.b_dec.data)
+                                  model.b_dec.data, W_dec_MD=model.W_dec.data if variant == "fc+holes" else None)
 
-    for variant in (False, True, False, True):  # warm-up
+    for variant in variants * 2:  # warm-up
         step(variant)
-    wall = {False: 0.0, True: 0.0}
-    cpu = {False: 0.0, True: 0.0}
+    wall = dict.fromkeys(variants, 0.0)
+    cpu = dict.fromkeys(variants, 0.0)
     for _ in range(args.blocks):
-        for variant in (False, True):
+        for variant in variants:
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.steps):
@@ -91,19 +98,31 @@ def main() -> None:
                       dead_freq=1e-5, min_rows=8)
     sync(device)
     split_s = time.perf_counter() - t0
+    sync(device)
+    t0 = time.perf_counter()
+    encoder_suppression(model.W_enc.data, model.W_dec.data)
+    sync(device)
+    suppression_s = time.perf_counter() - t0
 
-    base, fc = wall[False] / n, wall[True] / n
+    base, fc, holes = (wall[v] / n for v in variants)
     fc_amortised = fc + split_s / args.resample_every
     sae_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     adam_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
                      if torch.is_tensor(t))
     print(f"device {device}, d={args.d} m={args.m} k={args.k} batch={args.batch}, {n} steps per variant")
-    print(f"TopK step      {base * 1e3:8.1f} ms wall  {cpu[False] / n * 1e3:8.1f} ms cpu")
-    print(f"FC-TopK step   {fc * 1e3:8.1f} ms wall  {cpu[True] / n * 1e3:8.1f} ms cpu  (tracker update included)")
+    print(f"TopK step      {base * 1e3:8.1f} ms wall  {cpu['topk'] / n * 1e3:8.1f} ms cpu")
+    print(f"FC-TopK step   {fc * 1e3:8.1f} ms wall  {cpu['fc'] / n * 1e3:8.1f} ms cpu  (f/c tracker update included)")
+    print(f"+ hole stats   {holes * 1e3:8.1f} ms wall  {cpu['fc+holes'] / n * 1e3:8.1f} ms cpu  ({args.hole_rows} rows)")
     print(f"split event    {split_s * 1e3:8.1f} ms ({len(result.rows)} splits), amortised over "
           f"{args.resample_every} steps: {split_s / args.resample_every * 1e3:.2f} ms/step")
-    print(f"ratio FC-TopK / TopK: {fc_amortised / base:.3f} wall (amortised splits), "
-          f"{cpu[True] / cpu[False]:.3f} cpu   target <= 1.10")
+    print(f"suppression    {suppression_s * 1e3:8.1f} ms, amortised over {args.suppression_every} steps: "
+          f"{suppression_s / args.suppression_every * 1e3:.2f} ms/step")
+    print(f"ratio FC-TopK / TopK:           {fc_amortised / base:.3f} wall (amortised splits), "
+          f"{cpu['fc'] / cpu['topk']:.3f} cpu   target <= 1.10")
+    print(f"ratio hole statistics / FC-TopK: {holes / fc:.3f} wall, {cpu['fc+holes'] / cpu['fc']:.3f} cpu   "
+          f"target <= 1.10")
+    print(f"ratio encoder suppression:      {(base + suppression_s / args.suppression_every) / base:.3f} "
+          f"(amortised, vs a TopK step)   target <= 1.10")
     print(f"tracker memory {tracker.extra_bytes / 2**20:.1f} MiB = {tracker.extra_bytes / sae_bytes:.2f} x SAE params "
           f"({sae_bytes / 2**20:.1f} MiB), {tracker.extra_bytes / (sae_bytes + adam_bytes):.2f} x params + Adam")
 

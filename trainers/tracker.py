@@ -151,7 +151,8 @@ class FrequencyConsistencyTracker:
         batch_sq_M = a_BM.T @ sq_B if sq_B is not None else None
         if W_dec_MD is not None and self._hole_MK is not None:
             s = min(self.hole_rows, b)
-            self._fold_holes(x_BD[:s], a_BM[:s] > 0, W_dec_MD, center_D)
+            rows_N, latents_N = torch.nonzero(a_BM[:s] > 0, as_tuple=True)
+            self._fold_holes(x_BD[:s], rows_N, latents_N, W_dec_MD, center_D)
         return self._fold(b, fires_M, a_BM.T @ v_BP, batch_sq_M)
 
     @torch.no_grad()
@@ -165,28 +166,36 @@ class FrequencyConsistencyTracker:
         if W_dec_MD is not None and self._hole_MK is not None:
             s = min(self.hole_rows, b)
             in_sample_N = (rows_N < s) & (a_N > 0)
-            active_SM = torch.zeros(s, self.d_sae, dtype=torch.bool, device=x_BD.device)
-            active_SM[rows_N[in_sample_N], latents_N[in_sample_N]] = True
-            self._fold_holes(x_BD[:s], active_SM, W_dec_MD, center_D)
+            self._fold_holes(x_BD[:s], rows_N[in_sample_N], latents_N[in_sample_N], W_dec_MD, center_D)
         fires_M = torch.zeros(self.d_sae, device=x_BD.device).index_add_(0, latents_N, a_N)
         a_MB = torch.sparse_coo_tensor(torch.stack([latents_N, rows_N]), a_N, (self.d_sae, b), check_invariants=False)
         batch_sum_MP = torch.sparse.mm(a_MB, v_BP)
         batch_sq_M = torch.sparse.mm(a_MB, sq_B[:, None]).squeeze(1) if sq_B is not None else None
         return self._fold(b, fires_M, batch_sum_MP, batch_sq_M)
 
-    def _fold_holes(self, x_SD: torch.Tensor, active_SM: torch.Tensor, W_dec_MD: torch.Tensor,
-                    center_D: torch.Tensor | None) -> None:
+    def _fold_holes(self, x_SD: torch.Tensor, rows_N: torch.Tensor, latents_N: torch.Tensor,
+                    W_dec_MD: torch.Tensor, center_D: torch.Tensor | None) -> None:
+        """Hole counts on the sampled rows; (rows_N, latents_N) are their active entries. Only the
+        projection and one comparison are dense (S x M); the rest is gathered at active entries."""
         x_SD = x_SD.detach().float()
         if center_D is not None:
             x_SD = x_SD - center_D.detach().float()
-        proj_SM = x_SD @ W_dec_MD.detach().float().T
-        fired_SM = active_SM.float()
+        # (M, S): each latent's projections contiguous, so the per-latent reductions are row sums.
+        proj_MS = W_dec_MD.detach().float() @ x_SD.T
         stats_MK = self._hole_MK
-        mu_M = stats_MK[:, 1] / stats_MK[:, 0].clamp_min(torch.finfo(stats_MK.dtype).tiny)
-        # Without a mean projection yet (never fired) nothing counts as present.
-        present_SM = (proj_SM > 0.5 * mu_M) & (stats_MK[:, 0] > 0)
-        batch_MK = torch.stack([fired_SM.sum(0), (fired_SM * proj_SM).sum(0), present_SM.float().sum(0),
-                                (present_SM & ~active_SM).float().sum(0)], dim=1)
+        fired_M, proj_sum_M = stats_MK[:, 0], stats_MK[:, 1]
+        # A latent that never fired has no mean projection yet: nothing counts as present for it.
+        mu_M = torch.where(fired_M > 0, proj_sum_M / fired_M.clamp_min(torch.finfo(fired_M.dtype).tiny),
+                           torch.full_like(fired_M, float("inf")))
+        present_MS = proj_MS > (0.5 * mu_M)[:, None]
+        batch_MK = torch.zeros_like(stats_MK)
+        batch_MK[:, 2] = present_MS.sum(1, dtype=stats_MK.dtype)
+        ones_N = torch.ones(latents_N.numel(), dtype=stats_MK.dtype, device=stats_MK.device)
+        batch_MK[:, 0].index_add_(0, latents_N, ones_N)
+        batch_MK[:, 1].index_add_(0, latents_N, proj_MS[latents_N, rows_N])
+        present_active_M = torch.zeros_like(fired_M).index_add_(0, latents_N,
+                                                                 present_MS[latents_N, rows_N].to(stats_MK.dtype))
+        batch_MK[:, 3] = batch_MK[:, 2] - present_active_M
         stats_MK.mul_(self.beta).add_(batch_MK, alpha=1.0 - self.beta)
 
     def _fold(self, b: int, fires_M: torch.Tensor, batch_sum_MP: torch.Tensor,
