@@ -21,6 +21,7 @@ TRAIN_CONFIG_FILE = "train_config.json"
 TRAIN_LOG_FILE = "train_log.jsonl"
 HISTORY_FILE = "fc_history.parquet"
 SPLITS_FILE = "splits.parquet"
+REPAIRS_FILE = "repairs.parquet"
 CHECKPOINTS_DIR = "checkpoints"
 ARCHITECTURES = ("topk", "relu", "jumprelu")
 """How evaluation encodes (docs/ARCHITECTURE.md's encoding rule)."""

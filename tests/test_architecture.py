@@ -153,6 +153,7 @@ def every_recipe_trained(tiny_model_dir, tmp_path_factory):
 
 def test_every_recipe_trains_on_the_tiny_preset(every_recipe_trained):
     from fc_base.sae_folder import SAEMeta
+    from trainers.fc2 import FC2Options
     from trainers.fc_guidance import FCOptions
     from trainers.recipe import get_recipe
 
@@ -177,6 +178,11 @@ def test_every_recipe_trains_on_the_tiny_preset(every_recipe_trained):
             assert len(splits) > 0 and splits["slot_dead"].all(), f"{name} never split into a dead slot"
         else:
             assert splits.empty, name
+        repairs = pd.read_parquet(folder / "repairs.parquet") if (folder / "repairs.parquet").is_file() else None
+        if FC2Options in get_recipe(name).options:  # absorption repair and its control
+            assert repairs is not None and len(repairs) > 0, f"{name} never repaired"
+        elif repairs is not None:
+            assert repairs.empty, name
 
 
 def test_relu_recipes_revive_dead_latents(every_recipe_trained):

@@ -105,6 +105,7 @@ class _Run:
         self.step = 0
         self.history: list[dict[str, np.ndarray]] = []
         self.splits: list[dict] = []
+        self.repairs: list[dict] = []
         self.n_resampled = 0
         self.recent_l0: deque[float] = deque(maxlen=50)
 
@@ -114,7 +115,8 @@ class _Run:
                 "optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict(),
                 "tokens_since_fired": self.tokens_since_fired_M, "touched_at": self.touched_at_M, "reservoir": self.reservoir_RD,
                 "reservoir_filled": self.reservoir_filled, "resample_gen": self.resample_gen.get_state(),
-                "history": self.history, "splits": self.splits, "n_resampled": self.n_resampled,
+                "history": self.history, "splits": self.splits, "repairs": self.repairs,
+                "n_resampled": self.n_resampled,
                 "recent_l0": list(self.recent_l0),
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
@@ -133,6 +135,7 @@ class _Run:
         self.reservoir_filled = ckpt["reservoir_filled"]
         self.resample_gen.set_state(ckpt["resample_gen"])
         self.history, self.splits, self.n_resampled = ckpt["history"], ckpt["splits"], ckpt["n_resampled"]
+        self.repairs = ckpt.get("repairs", [])
         self.recent_l0 = deque(ckpt["recent_l0"], maxlen=50)
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
@@ -169,7 +172,7 @@ def _log_row(run: _Run, out: StepOutput, x_BD: torch.Tensor, l0: float, lr: floa
                 "mean_frequency": float(run.tracker.frequency.mean()),
                 "mean_consistency": float(run.tracker.consistency.mean()),
                 "mean_absorption_score": float(score_M.mean()), "max_absorption_score": float(score_M.max()),
-                "n_splits": len(run.splits), "n_resampled": run.n_resampled}
+                "n_splits": len(run.splits), "n_repairs": len(run.repairs), "n_resampled": run.n_resampled}
 
 
 def _snapshot(run: _Run) -> dict[str, np.ndarray]:
@@ -193,6 +196,14 @@ def _history_frame(history: list[dict[str, np.ndarray]], d_sae: int) -> pd.DataF
         "latent": np.tile(np.arange(d_sae, dtype=np.int64), len(history)),
         **{name: np.concatenate([h[name] for h in history]).astype(np.float32) for name in names},
     })
+
+
+def _repairs_frame(repairs: list[dict]) -> pd.DataFrame:
+    from trainers.repair import REPAIR_COLUMNS
+
+    dtypes = {"step": "int64", "latent": "int64", "child": "int64", "score": "float64", "hole_rows": "int64",
+              "child_share": "float64", "cos_before": "float64", "cos_after": "float64", "mode": "object"}
+    return pd.DataFrame(repairs, columns=REPAIR_COLUMNS).astype(dtypes)
 
 
 def _splits_frame(splits: list[dict]) -> pd.DataFrame:
@@ -226,6 +237,7 @@ def _maintain(run: _Run) -> None:
                              recently_touched_M=step - run.touched_at_M < horizon, generator=run.resample_gen)
     result = maintain(ctx)
     run.splits.extend(result.split_rows)
+    run.repairs.extend(result.repair_rows)
     run.n_resampled += result.n_resampled
     run.touched_at_M[result.touched_L.cpu()] = step
     run.tokens_since_fired_M[result.touched_L.to(run.device)] = 0
@@ -355,6 +367,7 @@ def _export(run: _Run, source: ActivationSource, out_dir: Path, info: ModelInfo)
     export_sae(run.model, out_dir, run.norm_scale, info)
     write_parquet_atomic(out_dir / folder_schema.HISTORY_FILE, _history_frame(run.history, cfg.d_sae))
     write_parquet_atomic(out_dir / folder_schema.SPLITS_FILE, _splits_frame(run.splits))
+    write_parquet_atomic(out_dir / folder_schema.REPAIRS_FILE, _repairs_frame(run.repairs))
     final_l0 = float(np.mean(run.recent_l0)) if run.recent_l0 else 0.0
     k_value = cfg.k if run.recipe.sparsity == "k" else None
     SAEMeta(name=out_dir.name, trainer=run.trainer, seed=run.seed, architecture=run.model.architecture, k=k_value,

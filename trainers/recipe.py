@@ -47,6 +47,8 @@ class MaintenanceResult(NamedTuple):
     """One row per split (``splits.parquet``)."""
     n_resampled: int
     """Dead latents re-initialised by resampling."""
+    repair_rows: list[dict] = []
+    """One row per absorption repair (``repairs.parquet``)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import trainers.batchtopk  # noqa: F401
 import trainers.fc_batchtopk  # noqa: F401
 import trainers.matryoshka  # noqa: F401
 import trainers.fc_matryoshka  # noqa: F401
+import trainers.fc2  # noqa: F401
 import trainers.saelens_reference  # noqa: F401
 from trainers.config import TrainConfig
 from trainers.recipe import get_recipe

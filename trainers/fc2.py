@@ -1,0 +1,66 @@
+"""FC v2 recipes: TopK with absorption repair driven by the hole statistics (trainers.repair).
+
+- ``fc2_topk``: repair mode ``decoder`` (the absorbing child's decoder loses the parent direction;
+  both encoders re-fit);
+- ``fc2enc_topk``: repair mode ``encoder`` (only the parent's encoder is re-fit);
+- ``random_repair_topk``: the control, mode ``decoder`` on randomly flagged parents.
+
+No event before the tracker's EMAs have seen 1 / (1 - beta) steps; recently touched latents are
+neither flagged nor part of the threshold's statistics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fc_base.errors import check
+from fc_base.options import Options
+from trainers.recipe import MaintenanceContext, MaintenanceResult, Recipe, register
+from trainers.repair import repair_absorption
+from trainers.topk import TOPK
+from trainers.tracker import memory_steps
+
+
+@dataclass
+class FC2Options(Options):
+    """Absorption repair events."""
+
+    section = "fc2"
+    z: float = 1.0
+    """Parents are flagged when their hole score is above mean + z * std."""
+    max_frac: float = 0.01
+    """At most this fraction of the dictionary is repaired per event."""
+    min_rows: int = 8
+    """A flagged parent needs at least this many hole rows in the reservoir."""
+
+    def __post_init__(self) -> None:
+        check(0 < self.max_frac <= 0.5, f"train.options.fc2.max_frac must be in (0, 0.5], got {self.max_frac}")
+        check(self.min_rows >= 1, f"train.options.fc2.min_rows must be >= 1, got {self.min_rows}")
+
+
+def repair_maintain(mode: str, control: bool = False):
+    def maintain(ctx: MaintenanceContext) -> MaintenanceResult:
+        if ctx.step < memory_steps(ctx.cfg.tracker.beta):
+            return MaintenanceResult(torch.empty(0, dtype=torch.long), [], 0)
+        opts = ctx.cfg.option(FC2Options)
+        result = repair_absorption(ctx.model, ctx.optimizer, ctx.tracker, ctx.reservoir_RD,
+                                   ctx.model.b_dec.data.detach(), step=ctx.step, z=opts.z, max_frac=opts.max_frac,
+                                   min_rows=opts.min_rows, mode=mode, protected_M=ctx.recently_touched_M,
+                                   random_generator=ctx.generator if control else None)
+        return MaintenanceResult(result.touched_ids, [], 0, result.rows)
+
+    return maintain
+
+
+def _repair_recipe(name: str, description: str, mode: str, control: bool = False) -> Recipe:
+    return Recipe(name, description, TOPK.build, options=(*TOPK.options, FC2Options),
+                  maintain=repair_maintain(mode, control))
+
+
+FC2_TOPK = register(_repair_recipe(
+    "fc2_topk", "TopK + absorption repair: the absorbing child's decoder loses the parent direction", "decoder"))
+FC2ENC_TOPK = register(_repair_recipe(
+    "fc2enc_topk", "TopK + absorption repair: the flagged parent's encoder is re-fit", "encoder"))
+RANDOM_REPAIR_TOPK = register(_repair_recipe(
+    "random_repair_topk", "TopK + fc2_topk's repair on randomly flagged latents (control)", "decoder", control=True))
