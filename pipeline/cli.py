@@ -93,6 +93,19 @@ def cmd_results(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from eval.compare import write_comparison
+    from eval.results import load, summary_metrics
+
+    table = load(args.run_dir)
+    if args.eval:
+        table = table[table["eval"] == args.eval]
+    metrics = args.metric or sorted(summary_metrics(table)["metric"].unique())
+    print(write_comparison(args.run_dir, table, metrics, args.baseline, args.eval or None,
+                           args.trainer or None))
+    return 0
+
+
 def cmd_report(args) -> int:
     from pipeline.report import report
 
@@ -157,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             p.add_argument("--eval", action="append", default=[], help="only this eval (repeatable; listed below)")
             p.add_argument("--sae", action="append", default=[], help="only this SAE (repeatable)")
+
+    cmp = sub.add_parser("compare", help="mean ± std per trainer and seed-paired differences to a baseline")
+    cmp.add_argument("--run-dir", required=True, type=Path)
+    cmp.add_argument("--baseline", default="topk", help="trainer the others are compared with (default topk)")
+    cmp.add_argument("--eval", help="only this eval's metrics")
+    cmp.add_argument("--metric", action="append", default=[], help="only this metric (repeatable)")
+    cmp.add_argument("--trainer", action="append", default=[], help="only these trainers, in this order")
+    cmp.set_defaults(func=cmd_compare)
 
     res = sub.add_parser("results", help="print the trainer x metric table")
     res.add_argument("--run-dir", required=True, type=Path)

@@ -310,6 +310,19 @@ def _synth() -> RunConfig:
     )
 
 
+FC_TRAINERS = ["topk", "fc_topk", "random_split_topk", "fc2_topk", "fc2enc_topk", "random_repair_topk",
+               "batchtopk", "matryoshka"]
+
+
+def _synth_fc() -> RunConfig:
+    # The FC comparison on ground truth: the synth preset's model, data and sizes, with the FC
+    # variants, their random-surgery controls and the TopK/BatchTopK/Matryoshka baselines.
+    cfg = _synth()
+    cfg.preset = "synth-fc"
+    cfg.train.trainers = list(FC_TRAINERS)
+    return cfg
+
+
 def _synth16k() -> RunConfig:
     # The published SynthSAEBench-16k benchmark (width 4096, L0 25, 200M samples): meant for a GPU. On
     # a CPU it starts, shows its progress and an honest estimate (model build ~20 min, sampling
@@ -345,8 +358,8 @@ def _synth_tiny() -> RunConfig:
     )
 
 
-PRESETS = {"demo": _demo, "pythia70m": _pythia70m, "tiny": _tiny, "synth": _synth, "synth16k": _synth16k,
-           "synth-tiny": _synth_tiny}
+PRESETS = {"demo": _demo, "pythia70m": _pythia70m, "tiny": _tiny, "synth": _synth, "synth-fc": _synth_fc,
+           "synth16k": _synth16k, "synth-tiny": _synth_tiny}
 
 
 def get_preset(name: str) -> RunConfig:
