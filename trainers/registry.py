@@ -9,6 +9,7 @@ import trainers.fc_topk  # noqa: F401
 import trainers.random_split_topk  # noqa: F401
 import trainers.relu_l1  # noqa: F401
 import trainers.fc_relu_l1  # noqa: F401
+import trainers.random_split_relu_l1  # noqa: F401
 import trainers.batchtopk  # noqa: F401
 import trainers.fc_batchtopk  # noqa: F401
 import trainers.matryoshka  # noqa: F401
