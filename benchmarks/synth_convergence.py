@@ -6,7 +6,7 @@ This is how the ``synth`` preset's sizes were chosen (the published ordering, Ma
 BatchTopK's and its absorption below, must have appeared). Example (about 12 minutes on 2 CPU cores):
 
     .venv/bin/python benchmarks/synth_convergence.py --model synth/1k-64 --width 256 --k 6 \\
-        --samples 4000000 12000000 24000000
+        --samples 4000000 12000000 24000000 --matryoshka-fractions 0.125 0.125 0.25 0.5
 """
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--trainers", nargs="+", default=["topk", "batchtopk", "matryoshka"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--matryoshka-fractions", type=float, nargs="+", default=None,
+                    help="Matryoshka group sizes as fractions of the width (default: the recipe's)")
     args = ap.parse_args()
 
     model = load_synthetic_model(args.model)
@@ -52,7 +54,9 @@ def main() -> None:
             for trainer in args.trainers:
                 cfg = TrainConfig(trainers=[trainer], seeds=[args.seed], d_sae=args.width, k=args.k, n_tokens=samples,
                                   batch_size=1024, lr=args.lr, checkpoint_every=0, norm_rows=16384,
-                                  dead_after_tokens=1_000_000, log_every=100, snapshot_every=1000, device="cpu")
+                                  dead_after_tokens=1_000_000, log_every=100, snapshot_every=1000, device="cpu",
+                                  options={"matryoshka": {"group_fractions": args.matryoshka_fractions}}
+                                  if args.matryoshka_fractions else {})
                 out = Path(tmp) / f"{trainer}_{samples}"
                 t0 = time.perf_counter()
                 train_sae(source, cfg, trainer, args.seed, out, ModelInfo(args.model), progress=False)
