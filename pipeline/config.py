@@ -310,7 +310,7 @@ def _synth() -> RunConfig:
     )
 
 
-FC_TRAINERS = ["topk", "fc_topk", "random_split_topk", "fc2_topk", "fc2enc_topk", "random_repair_topk",
+FC_TRAINERS = ["topk", "fc_topk", "random_split_topk", "fc2_topk", "fc2enc_topk", "fc2sup_topk", "random_repair_topk",
                "relu_l1", "fc_relu_l1", "random_split_relu_l1", "batchtopk", "matryoshka"]
 
 

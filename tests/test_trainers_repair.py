@@ -102,3 +102,13 @@ def test_random_control_flags_as_many_parents_and_needs_hole_statistics():
     with pytest.raises(ValueError, match="hole statistics"):
         repair_absorption(model, optimizer, FrequencyConsistencyTracker(M, D), x_ND, model.b_dec.data, step=3,
                           z=0.0, max_frac=0.5, min_rows=1, mode="decoder")
+
+
+def test_encoder_suppression_flags_a_suppressed_parent():
+    model, x_ND, v_p, v_c = planted()
+    with torch.no_grad():  # the parent's encoder is turned away from the child's own direction
+        model.W_enc[:, 0] = v_p - 0.8 * v_c
+    optimizer, tracker = trained_state(model, x_ND)
+    result = repair_absorption(model, optimizer, tracker, x_ND, model.b_dec.data, step=3, z=0.0, max_frac=0.5,
+                               min_rows=8, mode="decoder", statistic="encoder_suppression")
+    assert [(r["latent"], r["child"]) for r in result.rows] == [(0, 1)]

@@ -3,6 +3,7 @@
 - ``fc2_topk``: repair mode ``decoder`` (the absorbing child's decoder loses the parent direction;
   both encoders re-fit);
 - ``fc2enc_topk``: repair mode ``encoder`` (only the parent's encoder is re-fit);
+- ``fc2sup_topk``: mode ``decoder``, parents flagged by encoder suppression instead of the hole score;
 - ``random_repair_topk``: the control, mode ``decoder`` on randomly flagged parents.
 
 No event before the tracker's EMAs have seen 1 / (1 - beta) steps; recently touched latents are
@@ -39,7 +40,7 @@ class FC2Options(Options):
         check(self.min_rows >= 1, f"train.options.fc2.min_rows must be >= 1, got {self.min_rows}")
 
 
-def repair_maintain(mode: str, control: bool = False):
+def repair_maintain(mode: str, control: bool = False, statistic: str = "hole_score"):
     def maintain(ctx: MaintenanceContext) -> MaintenanceResult:
         if ctx.step < memory_steps(ctx.cfg.tracker.beta):
             return MaintenanceResult(torch.empty(0, dtype=torch.long), [], 0)
@@ -47,20 +48,24 @@ def repair_maintain(mode: str, control: bool = False):
         result = repair_absorption(ctx.model, ctx.optimizer, ctx.tracker, ctx.reservoir_RD,
                                    ctx.model.b_dec.data.detach(), step=ctx.step, z=opts.z, max_frac=opts.max_frac,
                                    min_rows=opts.min_rows, mode=mode, protected_M=ctx.recently_touched_M,
-                                   random_generator=ctx.generator if control else None)
+                                   random_generator=ctx.generator if control else None, statistic=statistic)
         return MaintenanceResult(result.touched_ids, [], 0, result.rows)
 
     return maintain
 
 
-def _repair_recipe(name: str, description: str, mode: str, control: bool = False) -> Recipe:
+def _repair_recipe(name: str, description: str, mode: str, control: bool = False,
+                   statistic: str = "hole_score") -> Recipe:
     return Recipe(name, description, TOPK.build, options=(*TOPK.options, FC2Options),
-                  maintain=repair_maintain(mode, control))
+                  maintain=repair_maintain(mode, control, statistic))
 
 
 FC2_TOPK = register(_repair_recipe(
     "fc2_topk", "TopK + absorption repair: the absorbing child's decoder loses the parent direction", "decoder"))
 FC2ENC_TOPK = register(_repair_recipe(
     "fc2enc_topk", "TopK + absorption repair: the flagged parent's encoder is re-fit", "encoder"))
+FC2SUP_TOPK = register(_repair_recipe(
+    "fc2sup_topk", "TopK + absorption repair on parents flagged by encoder suppression", "decoder",
+    statistic="encoder_suppression"))
 RANDOM_REPAIR_TOPK = register(_repair_recipe(
     "random_repair_topk", "TopK + fc2_topk's repair on randomly flagged latents (control)", "decoder", control=True))

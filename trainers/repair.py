@@ -4,8 +4,9 @@ A parent latent p has *hole rows*: inputs whose projection on p's own decoder di
 (above half its mean projection when it fires) while p is silent. When a child latent c absorbed p,
 c is what fires on those rows. A repair event:
 
-1. flags parents: ``hole_score`` s_i = f_i * H_i / P_i above mean + z std (over the latents not
-   recently touched), highest first, at most ``max_frac`` of the dictionary;
+1. flags parents by ``statistic``: ``hole_score`` s_i = f_i * H_i / P_i, or ``encoder_suppression``
+   (weights only, computed at the event), above mean + z std (over the latents not recently
+   touched), highest first, at most ``max_frac`` of the dictionary;
 2. finds each flagged parent's hole rows in the reservoir of recent inputs and the latent that fires
    most often on them: the absorbing child c (skipped with fewer than ``min_rows`` hole rows);
 3. repairs, by ``mode``:
@@ -27,10 +28,11 @@ import torch
 from trainers.sae import SparseAutoencoder
 from trainers.splitting import select_candidates, select_random_candidates
 from trainers.surgery import reinit_latents
-from trainers.tracker import FrequencyConsistencyTracker
+from trainers.tracker import FrequencyConsistencyTracker, encoder_suppression
 
 REPAIR_COLUMNS = ["step", "latent", "child", "score", "hole_rows", "child_share", "cos_before", "cos_after", "mode"]
 REPAIR_MODES = ("decoder", "encoder")
+REPAIR_STATISTICS = ("hole_score", "encoder_suppression")
 
 
 class RepairResult(NamedTuple):
@@ -63,14 +65,19 @@ def hole_children(model: SparseAutoencoder, reservoir_RD: torch.Tensor, center_D
 def repair_absorption(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker: FrequencyConsistencyTracker,
                       reservoir_RD: torch.Tensor, center_D: torch.Tensor, *, step: int, z: float, max_frac: float,
                       min_rows: int, mode: str, protected_M: torch.Tensor | None = None,
-                      random_generator: torch.Generator | None = None) -> RepairResult:
+                      random_generator: torch.Generator | None = None,
+                      statistic: str = "hole_score") -> RepairResult:
     """One repair event (module docstring)."""
     if mode not in REPAIR_MODES:
         raise ValueError(f"repair mode must be one of {REPAIR_MODES}, got {mode!r}")
+    if statistic not in REPAIR_STATISTICS:
+        raise ValueError(f"repair statistic must be one of {REPAIR_STATISTICS}, got {statistic!r}")
     empty = RepairResult([], torch.empty(0, dtype=torch.long))
     score_M = tracker.hole_score
     if score_M is None:
         raise ValueError("absorption repair needs the tracker's hole statistics (train.tracker.hole_rows > 0)")
+    if statistic == "encoder_suppression":
+        score_M = encoder_suppression(model.W_enc.data, model.W_dec.data).to(score_M.device)
     fired_M, proj_sum_M = tracker._hole_MK[:, 0], tracker._hole_MK[:, 1]
     eligible_M = fired_M > 0
     if protected_M is not None:
