@@ -144,17 +144,18 @@ def _wrong_model_kind(spec: EvalSpec, meta: SAEMeta) -> str | None:
     return None
 
 
-def _compute(spec: EvalSpec, cfg: RunConfig, run_dir: Path, sae_folder: Path, meta: SAEMeta
-             ) -> tuple[dict[str, float], dict[str, Any]]:
+def _compute(spec: EvalSpec, cfg: RunConfig, run_dir: Path, sae_folder: Path, meta: SAEMeta,
+             synthetic_hash: str | None) -> tuple[dict[str, float], dict[str, Any]]:
     """Run one eval on one SAE: (metrics, details). The model, the SAE and any dataset are loaded here
-    and passed in, so eval modules need nothing from the pipeline."""
+    and passed in, so eval modules need nothing from the pipeline. ``synthetic_hash``: the checked
+    config hash of the run's synthetic model (synthetic evals)."""
     from eval.sae import load_sae
 
     options = cfg.eval.option(spec.options) if spec.options is not None else None
     dtype = torch_dtype(cfg.eval.llm_dtype if spec.sae_dtype == "llm" else spec.sae_dtype)
     text = ensure_text_dataset(run_dir, cfg, spec.text_docs(options)) if spec.text_docs is not None else None
     if spec.model_kind == "synthetic":
-        model = synthetic_model(cfg, check_synthetic_source(cfg, run_dir, meta))
+        model = synthetic_model(cfg, synthetic_hash)
         heldout = heldout_rows(model, *spec.heldout(options)) if spec.heldout is not None else None
     else:
         model, heldout = hooked_model(meta.model_name, meta.model_source, cfg), None
@@ -180,15 +181,16 @@ def run_eval_task(cfg: RunConfig, run_dir: str | Path, sae_name: str, eval_name:
     if not force and _is_current(path, sae_folder, settings):
         return path
     reason = _wrong_model_kind(spec, meta) or (spec.unavailable(cfg.eval) if spec.unavailable is not None else None)
+    synthetic_hash = None
     if reason is None and spec.model_kind == "synthetic":
-        check_synthetic_source(cfg, run_dir, meta)  # bad input: one clear error, not a failed row
+        synthetic_hash = check_synthetic_source(cfg, run_dir, meta)  # bad input: one clear error, not a failed row
     if reason is not None:
         rows = make_rows(run_dir, meta, eval_name, {}, status="skipped", error=reason, eval_config=settings)
         return write_task(path, rows)
     try:
         with _COMPUTE_LOCK:
             start = time.monotonic()
-            metrics, details = _compute(spec, cfg, run_dir, sae_folder, meta)
+            metrics, details = _compute(spec, cfg, run_dir, sae_folder, meta, synthetic_hash)
     except Exception as e:  # one eval's failure must not stop the others
         error = f"{type(e).__name__}: {e}"
         rows = make_rows(run_dir, meta, eval_name, {}, status="failed", error=error, eval_config=settings)

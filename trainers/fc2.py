@@ -13,14 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from fc_base.errors import check
 from fc_base.options import Options
-from trainers.recipe import MaintenanceContext, MaintenanceResult, Recipe, register
+from trainers.recipe import MaintenanceContext, MaintenanceResult, Recipe, register, tracker_warm
 from trainers.repair import repair_absorption
 from trainers.topk import TOPK
-from trainers.tracker import memory_steps
 
 
 @dataclass
@@ -42,8 +39,8 @@ class FC2Options(Options):
 
 def repair_maintain(mode: str, control: bool = False, statistic: str = "hole_score"):
     def maintain(ctx: MaintenanceContext) -> MaintenanceResult:
-        if ctx.step < memory_steps(ctx.cfg.tracker.beta):
-            return MaintenanceResult(torch.empty(0, dtype=torch.long), [], 0)
+        if not tracker_warm(ctx):
+            return MaintenanceResult.nothing()
         opts = ctx.cfg.option(FC2Options)
         result = repair_absorption(ctx.model, ctx.optimizer, ctx.tracker, ctx.reservoir_RD,
                                    ctx.model.b_dec.data.detach(), step=ctx.step, z=opts.z, max_frac=opts.max_frac,

@@ -18,9 +18,8 @@ import torch
 
 from fc_base.errors import check
 from fc_base.options import Options
-from trainers.recipe import MaintenanceContext, MaintenanceResult, Recipe
+from trainers.recipe import MaintenanceContext, MaintenanceResult, Recipe, tracker_warm
 from trainers.splitting import fc_split
-from trainers.tracker import memory_steps
 
 
 @dataclass
@@ -47,8 +46,8 @@ class FCOptions(Options):
 
 def fc_split_maintain(ctx: MaintenanceContext, *, control: bool = False) -> MaintenanceResult:
     """One FC split event; recently touched latents are neither candidates nor slots."""
-    if ctx.step < memory_steps(ctx.cfg.tracker.beta):  # the EMAs have not seen enough steps yet
-        return MaintenanceResult(torch.empty(0, dtype=torch.long), [], 0)
+    if not tracker_warm(ctx):
+        return MaintenanceResult.nothing()
     opts = ctx.cfg.option(FCOptions)
     result = fc_split(ctx.model, ctx.optimizer, ctx.tracker, ctx.reservoir_RD, ctx.model.b_dec.data.detach(),
                       step=ctx.step, z=opts.z, max_split_frac=opts.max_split_frac, dead_freq=opts.dead_freq,
@@ -74,9 +73,7 @@ def with_fc_guidance(base: Recipe, name: str | None = None, *, control: bool = F
         return MaintenanceResult(torch.cat([split.touched_L.cpu(), after.touched_L.cpu()]),
                                  split.split_rows + after.split_rows, split.n_resampled + after.n_resampled)
 
-    if control:
-        return Recipe(name or f"random_split_{base.name}",
-                      f"{base.description}, plus FC's split surgery on random latents (control)",
-                      base.build, options=(*base.options, FCOptions), maintain=maintain, sparsity=base.sparsity)
-    return Recipe(name or f"fc_{base.name}", f"{base.description}, plus FC-guided splitting",
-                  base.build, options=(*base.options, FCOptions), maintain=maintain, sparsity=base.sparsity)
+    default_name, what = ((f"random_split_{base.name}", "FC's split surgery on random latents (control)") if control
+                          else (f"fc_{base.name}", "FC-guided splitting"))
+    return Recipe(name or default_name, f"{base.description}, plus {what}", base.build,
+                  options=(*base.options, FCOptions), maintain=maintain, sparsity=base.sparsity)

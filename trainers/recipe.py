@@ -50,6 +50,20 @@ class MaintenanceResult(NamedTuple):
     repair_rows: list[dict] = []
     """One row per absorption repair (``repairs.parquet``)."""
 
+    @staticmethod
+    def nothing() -> "MaintenanceResult":
+        import torch
+
+        return MaintenanceResult(torch.empty(0, dtype=torch.long), [], 0)
+
+
+def tracker_warm(ctx: MaintenanceContext) -> bool:
+    """Whether the tracker's EMAs have seen 1 / (1 - beta) steps: hooks driven by its statistics act
+    only then."""
+    from trainers.tracker import memory_steps
+
+    return ctx.step >= memory_steps(ctx.cfg.tracker.beta)
+
 
 @dataclass(frozen=True)
 class Recipe:

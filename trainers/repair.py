@@ -78,8 +78,7 @@ def repair_absorption(model: SparseAutoencoder, optimizer: torch.optim.Optimizer
         raise ValueError("absorption repair needs the tracker's hole statistics (train.tracker.hole_rows > 0)")
     if statistic == "encoder_suppression":
         score_M = encoder_suppression(model.W_enc.data, model.W_dec.data).to(score_M.device)
-    fired_M, proj_sum_M = tracker._hole_MK[:, 0], tracker._hole_MK[:, 1]
-    eligible_M = fired_M > 0
+    eligible_M = tracker.hole_fired > 0
     if protected_M is not None:
         eligible_M &= ~protected_M.to(score_M.device)
     max_count = max(1, int(max_frac * model.d_sae))
@@ -89,7 +88,7 @@ def repair_absorption(model: SparseAutoencoder, optimizer: torch.optim.Optimizer
         parents_C = select_random_candidates(score_M, z, max_count, eligible_M, random_generator)
     if parents_C.numel() == 0 or reservoir_RD.shape[0] == 0:
         return empty
-    mean_proj_C = proj_sum_M[parents_C] / fired_M[parents_C]
+    mean_proj_C = tracker.hole_mean_projection[parents_C]
     holes_C, counts_CM = hole_children(model, reservoir_RD, center_D, parents_C.to(reservoir_RD.device),
                                        mean_proj_C.to(reservoir_RD.device))
     counts_CM[torch.arange(parents_C.numel()), parents_C] = -1.0  # a parent is not its own child

@@ -101,6 +101,21 @@ class FrequencyConsistencyTracker:
                            torch.zeros_like(present_M))
 
     @property
+    def hole_fired(self) -> torch.Tensor | None:
+        """EMA count of sampled rows on which each latent fired (the evidence behind its mean projection)."""
+        return None if self._hole_MK is None else self._hole_MK[:, 0].clone()
+
+    @property
+    def hole_mean_projection(self) -> torch.Tensor | None:
+        """mu_i: the mean projection on latent i's decoder over the sampled rows where i fires (0 without
+        evidence)."""
+        if self._hole_MK is None:
+            return None
+        fired_M, proj_sum_M = self._hole_MK[:, 0], self._hole_MK[:, 1]
+        return torch.where(fired_M > 0, proj_sum_M / fired_M.clamp_min(torch.finfo(fired_M.dtype).tiny),
+                           torch.zeros_like(fired_M))
+
+    @property
     def hole_score(self) -> torch.Tensor | None:
         rate_M = self.hole_rate
         return None if rate_M is None else self._freq_M * rate_M
