@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.runtime import file_lock, stop_after_layer
+from eval.runtime import file_lock, private_sae_bench_rng, stop_after_layer
 from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
 from fc_base.errors import check
 from fc_base.io import write_atomic
@@ -43,6 +43,12 @@ class AbsorptionOptions(EvalOptions):
     """Words sampled from the vocabulary (None: full vocabulary)."""
     word_sample_seed: int = 0
     """Seed of the word sample, the probe train/test split and the in-context prompts."""
+    probe_seeds: int = 3
+    """k-sparse-probe seeds per SAE: the metrics are their mean and their spread is written as
+    ``<metric>_eval_std`` rows (the eval's own noise, beside the seed spread of the SAEs)."""
+    probe_llm_batch_size: int = 64
+    """Prompts per LLM forward while building the ground-truth probe (sae-bench's default). It
+    changes the probe (batch padding, float sums), so it is part of the probe's artifact key."""
     max_k: int = 10
     """Largest k of sae-bench's k-sparse probes (feature-split detection)."""
     probe_epochs: int = 50
@@ -55,7 +61,7 @@ class AbsorptionOptions(EvalOptions):
     def __post_init__(self) -> None:
         check(self.word_sample is None or self.word_sample >= 100,
               f"eval.options.absorption.word_sample must be None (full vocabulary) or >= 100, got {self.word_sample}")
-        for name in ("max_k", "probe_epochs"):
+        for name in ("max_k", "probe_epochs", "probe_seeds", "probe_llm_batch_size"):
             value = getattr(self, name)
             check(isinstance(value, int) and value > 0,
                   f"eval.options.absorption.{name} must be a positive integer, got {value!r}")
@@ -82,14 +88,18 @@ class ProbeArtifacts:
 
 class AbsorptionResult(dict):
     """Summary metrics (sae-bench names) plus per-letter metrics ``letter/<x>/<metric>``;
-    ``prompt_forwards`` counts the prompts this SAE had to run through the model (0 when shared)."""
+    ``prompt_forwards`` counts the prompts this SAE had to run through the model (0 when shared);
+    ``main_latents`` and ``absorbing_latents`` are the latents the calculator named (any probe seed)."""
 
     prompt_forwards: int = 0
+    main_latents: list[int] = []
+    absorbing_latents: list[int] = []
 
 
 def artifacts_key(model_name: str, layer: int, opts: AbsorptionOptions, llm_dtype: str) -> str:
     sample = "all" if opts.word_sample is None else str(opts.word_sample)
-    return f"{model_name.replace('/', '--')}_layer{layer}_words{sample}_seed{opts.word_sample_seed}_{llm_dtype}"
+    return (f"{model_name.replace('/', '--')}_layer{layer}_words{sample}_seed{opts.word_sample_seed}_{llm_dtype}"
+            f"_bs{opts.probe_llm_batch_size}")
 
 
 def word_token_pos(tokenizer) -> int:
@@ -149,14 +159,11 @@ def ensure_probe(model, layer: int, artifacts_dir: Path, opts: AbsorptionOptions
     with file_lock(root / ".lock"):
         if not (probe_file.is_file() and words_file.is_file() and f1_file.is_file()):
             words = sample_words(model.tokenizer, opts.word_sample, opts.word_sample_seed)
-            # sae-bench draws the train/test split and in-context examples from Python's global RNG.
-            random.seed(opts.word_sample_seed)
-            torch.manual_seed(opts.word_sample_seed)
-            with stop_after_layer(model, layer):
+            with private_sae_bench_rng(opts.word_sample_seed), stop_after_layer(model, layer):
                 create_and_train_probe(
                     model=model, formatter=first_letter_formatter(), hook_point=f"blocks.{layer}.hook_resid_post",
-                    probes_dir=probes_dir, vocab=words, batch_size=common.llm_batch_size, num_epochs=50, lr=1e-2,
-                    device=torch.device("cpu"), base_template=TEMPLATE, pos_idx=token_pos)
+                    probes_dir=probes_dir, vocab=words, batch_size=opts.probe_llm_batch_size, num_epochs=50,
+                    lr=1e-2, device=torch.device("cpu"), base_template=TEMPLATE, pos_idx=token_pos)
             f1_by_letter = _probe_f1(model, layer, probes_dir)
             words_file.write_text(json.dumps(words))
             f1_file.write_text(json.dumps(f1_by_letter, indent=1))
@@ -219,11 +226,62 @@ class SharedPromptActivations:
             write_atomic(self.path, lambda tmp: torch.save(self.acts, tmp))
 
 
+SUMMARY_METRICS = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features")
+LETTER_METRICS = ("absorption_fraction", "full_absorption_rate", "num_split_features")
+
+
 def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: AbsorptionOptions,
                    llm_batch_size: int) -> tuple[AbsorptionResult, list[dict]]:
-    """sae-bench absorption metrics for one SAE against the shared probe artifacts.
+    """sae-bench absorption metrics for one SAE against the shared probe artifacts, averaged over
+    ``opts.probe_seeds`` k-sparse-probe seeds (same prompts for every seed and every SAE).
 
-    Returns the metrics and the per-letter table (one dict per letter with sae-bench's columns)."""
+    Returns the metrics (with ``<metric>_eval_std`` across probe seeds) and the per-letter table
+    (one dict per letter, values averaged over probe seeds)."""
+    passing = set(check_letters(probe, opts, model.cfg.model_name))
+    per_seed = [_absorption_one_probe_seed(model, sae, sae_name, probe, opts, llm_batch_size, seed)
+                for seed in range(opts.probe_seeds)]
+    letters = []
+    for i, letter in enumerate(LETTERS):
+        rows = [letters_s[i] for letters_s, _, _ in per_seed]
+        included = all(r["included"] for r in rows)
+        merged = {"letter": letter, "probe_f1": rows[0]["probe_f1"], "included": included}
+        for key in LETTER_METRICS + ("num_probe_true_positives",):
+            merged[key] = float(np.mean([r[key] for r in rows])) if included else float("nan")
+        letters.append(merged)
+    used = [r for r in letters if r["included"]]
+    if len(used) < 2:
+        raise RuntimeError(f"only {len(used)} letters produced absorption results (passing probes: {sorted(passing)})")
+    summaries = [_summary([r for r in letters_s if r["included"]]) for letters_s, _, _ in per_seed]
+    result = AbsorptionResult()
+    for name in SUMMARY_METRICS:
+        values = [s[name] for s in summaries]
+        result[name] = float(np.mean(values))
+        result[f"{name}_eval_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    for name, key in zip(("std_dev_absorption_fraction_score", "std_dev_full_absorption_score",
+                          "std_dev_num_split_features"), LETTER_METRICS):
+        result[name] = statistics.stdev([r[key] for r in used])  # spread over letters, as sae-bench
+    result["n_letters_evaluated"] = len(used)
+    result["n_words"] = len(probe.words)
+    result["n_probe_seeds"] = opts.probe_seeds
+    for r in letters:
+        for key in LETTER_METRICS + ("probe_f1",):
+            result[f"letter/{r['letter']}/{key}"] = r[key]
+    result.prompt_forwards = sum(forwards for _, forwards, _ in per_seed)
+    result.main_latents = sorted(set().union(*(ids[0] for _, _, ids in per_seed)))
+    result.absorbing_latents = sorted(set().union(*(ids[1] for _, _, ids in per_seed)) - set(result.main_latents))
+    return result, letters
+
+
+def _summary(used: list[dict]) -> dict[str, float]:
+    return {"mean_absorption_fraction_score": statistics.mean(r["absorption_fraction"] for r in used),
+            "mean_full_absorption_score": statistics.mean(r["full_absorption_rate"] for r in used),
+            "mean_num_split_features": statistics.mean(r["num_split_features"] for r in used)}
+
+
+def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts, opts: AbsorptionOptions,
+                               llm_batch_size: int, probe_seed: int
+                               ) -> tuple[list[dict], int, tuple[set[int], set[int]]]:
+    """sae-bench's k-sparse probing (seeded by ``probe_seed``) and absorption calculator for one SAE."""
     from sae_bench.evals.absorption import feature_absorption as fa
     from sae_bench.evals.absorption.feature_absorption_calculator import FeatureAbsorptionCalculator
     from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
@@ -231,10 +289,9 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: Absor
     from sae_bench.evals.absorption.prompting import first_letter_formatter
 
     layer = probe.layer
-    passing = set(check_letters(probe, opts, model.cfg.model_name))
     n_train = int(len(probe.words) * 0.8)
     precalc = n_train * sae.cfg.d_sae * 4 < 2 * 1024**3  # SAE codes of the train words fit in memory
-    with stop_after_layer(model, layer):
+    with private_sae_bench_rng(1000 + probe_seed), stop_after_layer(model, layer):
         metrics_df = run_k_sparse_probing_experiment(
             model=model, sae=sae, layer=layer, sae_name=sae_name, max_k_value=opts.max_k,
             prompt_template=TEMPLATE, prompt_token_pos=probe.token_pos, device=str(sae.device),
@@ -243,10 +300,9 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: Absor
             k_sparse_probe_num_epochs=opts.probe_epochs, precalc_k_sparse_probe_sae_acts=precalc,
             verbose=False)
     # In-context examples come from the word sample (sae-bench would use the whole vocabulary, whose
-    # odd tokens break its equal-length prompts); seeded so every SAE sees the same prompts and the
-    # prompt activations are shared.
-    random.seed(opts.word_sample_seed + 1)
-    with file_lock(probe.root / ".prompts.lock"):
+    # odd tokens break its equal-length prompts); seeded so every SAE and probe seed sees the same
+    # prompts and the prompt activations are shared.
+    with private_sae_bench_rng(opts.word_sample_seed + 1), file_lock(probe.root / ".prompts.lock"):
         prompt_model = SharedPromptActivations(model, layer, probe.token_pos, probe.root / "prompt_acts.pt")
         calculator = FeatureAbsorptionCalculator(
             model=prompt_model, icl_word_list=probe.words, max_icl_examples=MAX_ICL_EXAMPLES, base_template=TEMPLATE,
@@ -276,35 +332,49 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: Absor
             "num_split_features": int(row["num_split_feats"]) if row is not None else 0,
             "num_probe_true_positives": float(row["num_probe_true_positives"]) if row is not None else 0.0,
         })
-    used = [r for r in letters if r["included"]]
-    if len(used) < 2:
-        raise RuntimeError(f"only {len(used)} letters produced absorption results (passing probes: {sorted(passing)})")
-    fractions = [r["absorption_fraction"] for r in used]
-    full = [r["full_absorption_rate"] for r in used]
-    splits = [r["num_split_features"] for r in used]
-    result = AbsorptionResult(
-        mean_absorption_fraction_score=statistics.mean(fractions),
-        mean_full_absorption_score=statistics.mean(full),
-        mean_num_split_features=statistics.mean(splits),
-        std_dev_absorption_fraction_score=statistics.stdev(fractions),
-        std_dev_full_absorption_score=statistics.stdev(full),
-        std_dev_num_split_features=statistics.stdev(splits),
-        n_letters_evaluated=len(used),
-        n_words=len(probe.words),
-    )
-    for r in letters:
-        for key in ("absorption_fraction", "full_absorption_rate", "num_split_features", "probe_f1"):
-            result[f"letter/{r['letter']}/{key}"] = r[key]
-    result.prompt_forwards = prompt_model.added
-    return result, letters
+    return letters, prompt_model.added, _identified_latents(raw_df)
+
+
+def _identified_latents(raw_df) -> tuple[set[int], set[int]]:
+    """The latents sae-bench's calculator named: main first-letter latents (the k-sparse probes'
+    features of every letter) and absorbing latents (the top probe-projection latent of a word with
+    absorption, when it is not a main latent of the letter)."""
+    main = {int(f) for feats in raw_df["split_feats"] for f in feats}
+    absorbed = raw_df[(raw_df["absorption_fraction"] > 0) | raw_df["is_full_absorption"].astype(bool)]
+    absorbing = {int(f) for f in absorbed["top_projection_feat"] if int(f) not in main}
+    return main, absorbing
 
 
 def run(inputs: EvalInputs, opts: AbsorptionOptions) -> EvalOutput:
     probe = ensure_probe(inputs.model, inputs.meta.layer, inputs.artifacts_dir, opts, inputs.common)
     metrics, letters = run_absorption(inputs.model, inputs.sae, inputs.meta.name, probe, opts,
                                       inputs.common.llm_batch_size)
-    return EvalOutput(dict(metrics), {"letters": letters, "token_pos": probe.token_pos, "n_words": len(probe.words),
-                                      "prompt_forwards": metrics.prompt_forwards})
+    out = dict(metrics)
+    out.update(tracker_detection(inputs.sae_folder, inputs.meta.d_sae, metrics.main_latents, metrics.absorbing_latents))
+    return EvalOutput(out, {"letters": letters, "token_pos": probe.token_pos, "n_words": len(probe.words),
+                            "prompt_forwards": metrics.prompt_forwards, "main_latents": metrics.main_latents,
+                            "absorbing_latents": metrics.absorbing_latents})
+
+
+def tracker_detection(sae_folder: Path | None, d_sae: int, main: list[int], absorbing: list[int]) -> dict[str, float]:
+    """The frequency/consistency analysis on real data: how well each statistic the tracker recorded
+    during training picks out the absorbing latents (``detect_auc_absorbing_<stat>``) and the main
+    first-letter latents (``detect_auc_main_<stat>``)."""
+    import pandas as pd
+
+    from eval.detection import detection_aucs
+    from fc_base.sae_folder import HISTORY_FILE
+
+    out = {"n_main_latents": float(len(main)), "n_absorbing_latents": float(len(absorbing))}
+    path = None if sae_folder is None else Path(sae_folder) / HISTORY_FILE
+    if path is None or not path.is_file():
+        return out
+    history = pd.read_parquet(path)
+    for name, ids in (("absorbing", absorbing), ("main", main)):
+        mask_M = np.zeros(d_sae, dtype=bool)
+        mask_M[list(ids)] = True
+        out.update(detection_aucs(history, mask_M, prefix=f"detect_auc_{name}_"))
+    return out
 
 
 ABSORPTION = register(EvalSpec("absorption", "sae-bench first-letter feature absorption (probe shared per run)",

@@ -85,7 +85,7 @@ class EvalConfig:
                 "core": {"reconstruction_batches": 20, "sparsity_batches": 20}})
         if name == "tiny":
             return EvalConfig(llm_batch_size=64, options={
-                "absorption": {"word_sample": 1000, "probe_epochs": 5, "max_k": 3},
+                "absorption": {"word_sample": 1000, "probe_epochs": 5, "max_k": 3, "probe_seeds": 2},
                 "core": {"n_docs": 64, "context_length": 32, "batch_size_prompts": 4, "reconstruction_batches": 2,
                          "sparsity_batches": 2},
                 "sae_probes": {"datasets": ["119_us_state_TX"], "ks": [1, 2], "max_seq_len": 64,

@@ -132,23 +132,83 @@ def absorption_per_letter(table: pd.DataFrame, out: Path) -> Path | None:
     return _save(fig, out)
 
 
-def summary_bars(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = (
-        "absorption:mean_absorption_fraction_score", "absorption:mean_full_absorption_score",
-        "core:explained_variance", "core:l0")) -> Path | None:
-    """Headline metrics per trainer: mean over seeds with the seed spread as error bars."""
+SUMMARY_METRICS = ("absorption:mean_absorption_fraction_score", "absorption:mean_full_absorption_score",
+                   "core:explained_variance_legacy", "core:ce_loss_score",
+                   "synthetic:absorption_rate", "synthetic:f1", "synthetic:explained_variance")
+"""Headline metrics of the summary plot (sae-bench's ``explained_variance`` reads ~1.0 for every SAE on
+models with huge residual norms such as Gemma; its legacy definition still separates them)."""
+
+
+def _spread(table: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
+    """(name, trainer, k) -> mean and std over seeds, and the mean eval noise where reported."""
     summary = summary_metrics(table)
-    summary = summary.assign(name=summary["eval"] + ":" + summary["metric"])
-    summary = summary[summary["name"].isin(metrics)]
+    summary = summary.assign(name=summary["eval"] + ":" + summary["metric"],
+                             k=summary["k"].fillna(-1).astype(int) if "k" in summary else -1)
+    noise = summary[summary["metric"].str.endswith("_eval_std")]
+    noise = noise.assign(name=noise["name"].str.removesuffix("_eval_std"))
+    summary = summary[summary["name"].isin(names)]
     if summary.empty:
+        return pd.DataFrame()
+    stats = summary.groupby(["name", "trainer", "k"])["value"].agg(["mean", "std"])
+    eval_std = noise[noise["name"].isin(names)].groupby(["name", "trainer", "k"])["value"].mean().rename("eval_std")
+    return stats.join(eval_std, how="left").reset_index()
+
+
+def summary_bars(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = SUMMARY_METRICS) -> Path | None:
+    """Headline metrics per trainer (and k): mean over seeds; black bars: seed std, orange: eval noise."""
+    stats = _spread(table, metrics)
+    if stats.empty:
         return None
-    stats = summary.groupby(["name", "trainer"])["value"].agg(["mean", "std"]).reset_index()
     names = [m for m in metrics if m in set(stats["name"])]
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.4), squeeze=False)
+    multi_k = stats.loc[stats["k"] >= 0, "k"].nunique() > 1
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        part = stats[stats["name"] == name].sort_values(["k", "trainer"])
+        labels = [f"{t}@k{k}" if multi_k and k >= 0 else t for t, k in zip(part["trainer"], part["k"])]
+        x = np.arange(len(part))
+        ax.bar(x, part["mean"], color="tab:blue", alpha=0.8)
+        ax.errorbar(x - 0.12, part["mean"], yerr=part["std"].fillna(0.0), fmt="none", ecolor="black", capsize=3,
+                    label="seed std")
+        if part["eval_std"].notna().any():
+            ax.errorbar(x + 0.12, part["mean"], yerr=part["eval_std"].fillna(0.0), fmt="none", ecolor="tab:orange",
+                        capsize=3, label="eval std")
+        ax.set_xticks(x, labels, fontsize=6, rotation=60, ha="right")
+        ax.set_title(name.split(":")[1], fontsize=8)
+        lo, hi = (part["mean"] - part["std"].fillna(0)).min(), (part["mean"] + part["std"].fillna(0)).max()
+        if name.endswith(("explained_variance_legacy", "ce_loss_score", "explained_variance")) and lo > 0.5:
+            ax.set_ylim(lo - 0.2 * (hi - lo + 1e-3), hi + 0.2 * (hi - lo + 1e-3))  # the gaps, not the bars' bulk
+    axes.flat[0].legend(fontsize=6)
+    return _save(fig, out)
+
+
+FRONTIER_METRICS = ("absorption:mean_absorption_fraction_score", "absorption:mean_full_absorption_score",
+                    "core:ce_loss_score", "core:explained_variance_legacy")
+
+
+def frontier(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = FRONTIER_METRICS) -> Path | None:
+    """Each metric against the L0 target, one line per trainer: mean over seeds, error bars = seed std
+    (thick) and eval noise (thin, orange). Needs at least two L0 targets."""
+    stats = _spread(table, metrics)
+    stats = stats[stats["k"] >= 0] if not stats.empty else stats
+    if stats.empty or stats["k"].nunique() < 2:
+        return None
+    names = [m for m in metrics if m in set(stats["name"])]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes.flat, names):
         part = stats[stats["name"] == name]
-        ax.bar(part["trainer"], part["mean"], yerr=part["std"].fillna(0.0), capsize=3, color="tab:blue")
-        ax.set_title(name.split(":")[1], fontsize=8)
-        ax.tick_params(axis="x", labelsize=7, rotation=30)
+        for i, (trainer, line) in enumerate(part.groupby("trainer", sort=False)):
+            line = line.sort_values("k")
+            shift = 1 + 0.015 * (i - 2)  # trainers side by side at each k
+            ax.errorbar(line["k"] * shift, line["mean"], yerr=line["std"].fillna(0.0), marker="o", markersize=3,
+                        linewidth=1, capsize=3, elinewidth=1.5, label=trainer)
+            if line["eval_std"].notna().any():
+                ax.errorbar(line["k"] * shift, line["mean"], yerr=line["eval_std"].fillna(0.0), fmt="none",
+                            ecolor="tab:orange", elinewidth=0.8, capsize=0)
+        ax.set_xscale("log", base=2)
+        ks = sorted(part["k"].unique())
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set(xlabel="L0 (k)", title=name.split(":")[1])
+    axes.flat[0].legend(fontsize=6)
     return _save(fig, out)
 
 

@@ -1,11 +1,17 @@
-"""What eval adapters share: a forward that stops after the SAE's layer, and a file lock for
-artifacts shared by the SAEs of a run."""
+"""What eval adapters share: a forward that stops after the SAE's layer, a file lock for artifacts
+shared by the SAEs of a run, and private random generators for sae-bench's absorption code."""
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import math
+import random
+import threading
 from pathlib import Path
 from typing import Iterator
+
+import torch
 
 
 @contextlib.contextmanager
@@ -39,3 +45,61 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# sae-bench's absorption code draws from process-wide RNGs: Python's ``random`` (word split, in-context
+# examples) and torch's default generator (probe initialisation, DataLoader shuffling). Under a thread
+# pool (the Prefect flow) other tasks draw from them too, so identical inputs gave different prompts
+# and probes. Each call below runs with private generators, one call at a time per process.
+_SAE_BENCH_LOCK = threading.RLock()
+_ABSORPTION_MODULES = ("sae_bench.evals.absorption.prompting", "sae_bench.evals.absorption.probing")
+
+
+@contextlib.contextmanager
+def private_sae_bench_rng(seed: int) -> Iterator[None]:
+    """Run sae-bench's absorption prompting and probing with generators seeded by ``seed`` alone.
+
+    Inside the block those modules see a private ``random.Random(seed)``, their probes are initialised
+    and their DataLoaders shuffled from a private ``torch.Generator``, and no other thread of this
+    process is inside such a block (the lock also covers the model's ``stop_after_layer`` override)."""
+    import importlib
+
+    from torch.utils.data import DataLoader
+
+    with _SAE_BENCH_LOCK:
+        mods = [importlib.import_module(name) for name in _ABSORPTION_MODULES]
+        probing = mods[1]
+        saved = [(m, attr, getattr(m, attr)) for m in mods for attr in ("random",)]
+        saved += [(probing, "DataLoader", probing.DataLoader), (probing, "nn", probing.nn)]
+        py_rng = random.Random(seed)
+        gen = torch.Generator().manual_seed(seed)
+        try:
+            for m in mods:
+                m.random = py_rng
+            probing.DataLoader = functools.partial(DataLoader, generator=gen)
+            probing.nn = _SeededNN(gen)
+            yield
+        finally:
+            for m, attr, value in reversed(saved):
+                setattr(m, attr, value)
+
+
+class _SeededNN:
+    """``torch.nn`` as sae-bench's probing module sees it inside ``private_sae_bench_rng``: the same,
+    except that ``Linear`` layers (its probes) are initialised from a private generator, with
+    ``nn.Linear``'s own default range. The layers and probes stay the real classes (they are pickled)."""
+
+    def __init__(self, gen: torch.Generator):
+        self._gen = gen
+
+    def __getattr__(self, name: str):
+        return getattr(torch.nn, name)
+
+    def Linear(self, in_features: int, out_features: int, *args, **kwargs) -> torch.nn.Linear:  # noqa: N802
+        layer = torch.nn.Linear(in_features, out_features, *args, **kwargs)
+        bound = 1.0 / math.sqrt(in_features)
+        with torch.no_grad():
+            layer.weight.uniform_(-bound, bound, generator=self._gen)
+            if layer.bias is not None:
+                layer.bias.uniform_(-bound, bound, generator=self._gen)
+        return layer

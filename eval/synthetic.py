@@ -21,18 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import torch
 
+from eval.detection import detection_aucs
 from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
 from fc_base.errors import check
 from fc_base.sae_folder import HISTORY_FILE
-
-HISTORY_STATISTICS = {"absorption_score": 1.0, "frequency": 1.0, "consistency": -1.0, "hole_rate": 1.0,
-                      "hole_score": 1.0, "encoder_suppression": 1.0}
-"""fc_history columns scored by detect_auc (sign: higher means "more likely absorbed")."""
-
 
 @dataclass
 class SyntheticOptions(EvalOptions):
@@ -85,22 +80,6 @@ def hierarchy_metrics(model, sae, acts_ND: torch.Tensor, feats_NF: torch.Tensor,
     return metrics, absorbed_parent_latents(share, W_dec_MD.shape[0])
 
 
-def detection_aucs(history: pd.DataFrame, absorbed_M: torch.Tensor) -> dict[str, float]:
-    """ROC AUC of each recorded per-latent statistic (its last snapshot) at finding absorbed latents."""
-    from eval.synthetic_metrics import detection_auc
-
-    if history.empty:
-        return {}
-    last = history[history["step"] == history["step"].max()].sort_values("latent")
-    out = {}
-    for column, sign in HISTORY_STATISTICS.items():
-        if column in last and last[column].notna().any():
-            name = "inconsistency" if sign < 0 else column
-            out[f"detect_auc_{name}"] = detection_auc(sign * last[column].to_numpy(np.float64), absorbed_M.numpy())
-    out["n_absorbed_latents"] = float(absorbed_M.sum())
-    return out
-
-
 def run(inputs: EvalInputs, opts: SyntheticOptions) -> EvalOutput:
     acts_ND, feats_NF = inputs.heldout
     metrics = saelens_metrics(inputs.model, inputs.sae_folder, opts)
@@ -108,7 +87,8 @@ def run(inputs: EvalInputs, opts: SyntheticOptions) -> EvalOutput:
     metrics.update(absorption)
     history_path = inputs.sae_folder / HISTORY_FILE
     if history_path.is_file():
-        metrics.update(detection_aucs(pd.read_parquet(history_path), absorbed_M))
+        metrics.update(detection_aucs(pd.read_parquet(history_path), absorbed_M.numpy()))
+        metrics["n_absorbed_latents"] = float(absorbed_M.sum())
     return EvalOutput(metrics, {"absorbed_latents": torch.nonzero(absorbed_M).squeeze(1).tolist()})
 
 

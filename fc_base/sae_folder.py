@@ -31,9 +31,9 @@ class SAEFolderError(ValueError):
     """A trained-SAE folder is missing, incomplete or inconsistent."""
 
 
-def sae_name(trainer: str, seed: int) -> str:
-    """The folder name of one trained SAE."""
-    return f"{trainer}_s{seed}"
+def sae_name(trainer: str, seed: int, point: str = "") -> str:
+    """The folder name of one trained SAE (``point``: its L0-sweep label, if any)."""
+    return f"{trainer}_{point}_s{seed}" if point else f"{trainer}_s{seed}"
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,11 @@ def harvest_task(cfg: RunConfig, run_dir: Path) -> str:
     return str(harvest(cfg, run_dir))
 
 
-@task(name="train-sae", task_run_name="train-{trainer}-s{seed}")
-def train_task(cfg: RunConfig, run_dir: Path, trainer: str, seed: int) -> list[str]:
+@task(name="train-sae", task_run_name="train-{trainer}-{point}-s{seed}")
+def train_task(cfg: RunConfig, run_dir: Path, trainer: str, seed: int, point: str = "") -> list[str]:
     from pipeline.train import train
 
-    return [str(p) for p in train(cfg, run_dir, trainer=trainer, seed=seed)]
+    return [str(p) for p in train(cfg, run_dir, trainer=trainer, seed=seed, point=point)]
 
 
 @task(name="eval-sae", task_run_name="eval-{eval_name}-{sae}")
@@ -88,11 +88,11 @@ def fc_sae(preset: str = "demo", run_dir: str = "runs/demo", stages: str = "full
 
     if stages == "full":
         harvest_task(cfg, run)
-        jobs = [(t, s) for t in cfg.train.trainers for s in cfg.train.seeds]
+        jobs = cfg.train.jobs()
         progress = create_progress_artifact(0.0, key="fc-sae-training", description="SAEs trained")
-        for i, (trainer, seed) in enumerate(jobs, 1):
+        for i, job in enumerate(jobs, 1):
             # One SAE at a time: each already uses every core; failures stop the flow here.
-            train_task(cfg, run, trainer, seed)
+            train_task(cfg, run, job.trainer, job.seed, job.point)
             update_progress_artifact(progress, 100.0 * i / len(jobs))
 
     from pipeline.evaluate import select_saes

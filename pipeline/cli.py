@@ -73,7 +73,7 @@ def cmd_harvest(args) -> int:
 def cmd_train(args) -> int:
     from pipeline.train import train
 
-    for path in train(_cfg(args), args.run_dir, trainer=args.trainer, seed=args.seed):
+    for path in train(_cfg(args), args.run_dir, trainer=args.trainer, seed=args.seed, point=args.point):
         print(f"SAE: {path}")
     return 0
 
@@ -94,15 +94,31 @@ def cmd_results(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from eval.compare import write_comparison
-    from eval.results import load, summary_metrics
+    from eval.compare import default_metrics, write_comparison
+    from eval.results import load
 
     table = load(args.run_dir)
     if args.eval:
         table = table[table["eval"] == args.eval]
-    metrics = args.metric or sorted(summary_metrics(table)["metric"].unique())
+    metrics = args.metric or default_metrics(table)
     print(write_comparison(args.run_dir, table, metrics, args.baseline, args.eval or None,
                            args.trainer or None))
+    return 0
+
+
+def cmd_results_md(args) -> int:
+    from pipeline.results_md import load_study, render
+
+    studies = [load_study("synthetic", p) for p in args.synthetic] + [load_study("language", p) for p in args.language]
+    if not studies:
+        raise SystemExit("fc-sae results-md: give at least one --synthetic or --language results table")
+    for s in studies:
+        if not Path(s.source).is_file():
+            raise SystemExit(f"fc-sae results-md: no results table at {s.source}")
+    command = "fc-sae results-md " + " ".join([f"--synthetic {p}" for p in args.synthetic] +
+                                                [f"--language {p}" for p in args.language] + [f"--out {args.out}"])
+    render(studies, Path(args.out), command)
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -167,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             p.add_argument("--trainer", help="only this trainer recipe (listed below)")
             p.add_argument("--seed", type=int, help="only this seed")
+            p.add_argument("--point", help="only this L0-sweep point (train.sweep label)")
         if name == "eval":
             p.add_argument("--eval", action="append", default=[], help="only this eval (repeatable; listed below)")
             p.add_argument("--sae", action="append", default=[], help="only this SAE (repeatable)")
@@ -178,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--metric", action="append", default=[], help="only this metric (repeatable)")
     cmp.add_argument("--trainer", action="append", default=[], help="only these trainers, in this order")
     cmp.set_defaults(func=cmd_compare)
+
+    md = sub.add_parser("results-md", help="write RESULTS.md from results tables (no hand-typed numbers)")
+    md.add_argument("--synthetic", action="append", default=[], help="results.parquet of a synthetic (ground truth) run")
+    md.add_argument("--language", action="append", default=[], help="results.parquet of a language-model run")
+    md.add_argument("--out", default="RESULTS.md", help="output file (plots go beside it under docs/results/)")
+    md.set_defaults(func=cmd_results_md)
 
     res = sub.add_parser("results", help="print the trainer x metric table")
     res.add_argument("--run-dir", required=True, type=Path)

@@ -17,7 +17,7 @@ from fc_base.errors import ConfigError  # noqa: F401  (re-exported: the error ev
 from fc_base.errors import check as _check
 from fc_base.io import write_text_atomic
 from fc_base.torch_utils import DTYPES
-from trainers.config import TrainConfig
+from trainers.config import SweepPoint, TrainConfig
 
 
 SYNTHETIC_HOOK = "synthetic"
@@ -310,6 +310,33 @@ def _synth() -> RunConfig:
     )
 
 
+EXPERIMENT_TRAINERS = ["topk", "fc2sup_topk", "random_repair_topk", "matryoshka", "fc_topk", "random_split_topk",
+                       "batchtopk"]
+"""The experiment's arms: the baseline, the FC v2 repair and its random-surgery control, Matryoshka, the
+seed's FC split and its random-split control, and BatchTopK."""
+EXPERIMENT_SWEEP_TRAINERS = EXPERIMENT_TRAINERS[:4]
+"""The arms trained at every L0; the others only at the main point (k 32)."""
+EXPERIMENT_KS = (32, 16, 64)  # training order: the main point first
+
+
+def _experiment() -> RunConfig:
+    # The research comparison on Gemma-3-270m: 98% of the offline corpus (31 shards of 32768 rows, one
+    # epoch), width 4096, an L0 sweep, 3 seeds, sized for 150 min on 2 cores (45 SAEs). Every arm at
+    # k 32; at k 16 and 64 only TopK, the FC v2 repair, its control and Matryoshka. ReLU+L1 is cut:
+    # its L1 weights would need a calibration sweep per L0 on this model.
+    cfg = _demo()
+    cfg.preset = "experiment"
+    cfg.harvest = HarvestConfig(n_tokens=1_015_808, batch_size=32, shard_rows=32768, chunk_rows=16384)
+    cfg.train = TrainConfig(trainers=list(EXPERIMENT_TRAINERS), seeds=[0, 1, 2], d_sae=4096, k=32,
+                            n_tokens=1_015_808, batch_size=1024, resample_every=50, dead_after_tokens=100_000,
+                            checkpoint_every=100, snapshot_every=20, log_every=10, reservoir_rows=8192,
+                            cpu_threads=2,
+                            sweep=[SweepPoint(label=f"k{k}", k=k, trainers=None if k == 32 else
+                                              list(EXPERIMENT_SWEEP_TRAINERS)) for k in EXPERIMENT_KS])
+    cfg.eval = EvalConfig.preset("demo")
+    return cfg
+
+
 FC_TRAINERS = ["topk", "fc_topk", "random_split_topk", "fc2_topk", "fc2enc_topk", "fc2sup_topk", "random_repair_topk",
                "relu_l1", "fc_relu_l1", "random_split_relu_l1", "batchtopk", "matryoshka"]
 
@@ -358,7 +385,7 @@ def _synth_tiny() -> RunConfig:
     )
 
 
-PRESETS = {"demo": _demo, "pythia70m": _pythia70m, "tiny": _tiny, "synth": _synth, "synth-fc": _synth_fc,
+PRESETS = {"demo": _demo, "experiment": _experiment, "pythia70m": _pythia70m, "tiny": _tiny, "synth": _synth, "synth-fc": _synth_fc,
            "synth16k": _synth16k, "synth-tiny": _synth_tiny}
 
 

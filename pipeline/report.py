@@ -13,13 +13,17 @@ from pathlib import Path
 import pandas as pd
 
 from eval import plots
+from eval.headline import LEGEND, headline_html
 from eval.results import load, problems, summary_metrics
 from fc_base.io import write_text_atomic
 from fc_base.sae_folder import list_sae_folders
 from pipeline.config import RunConfig
 
 PLOTS = (  # (file, title, what it shows)
-    ("summary.png", "Headline metrics", "mean over seeds, error bars: standard deviation over seeds"),
+    ("summary.png", "Headline metrics",
+     "mean over seeds; black error bars: standard deviation over seeds; orange: the eval's own noise per SAE"),
+    ("frontier.png", "L0 frontier", "each metric against the L0 target, one line per trainer; error bars: seed std "
+     "(thick) and eval noise (thin, orange)"),
     ("absorption_per_letter.png", "Absorption per first letter", "sae-bench absorption fraction, mean over seeds"),
     ("fc_scatter.png", "Frequency vs consistency", "per latent, last tracker snapshot; contours: s = f (1 - c)"),
     ("score_histograms.png", "Absorption scores", "histogram of s per SAE, last tracker snapshot"),
@@ -107,7 +111,9 @@ def _synthetic_html(table: pd.DataFrame) -> str:
 
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f4f4f4}.wide{overflow-x:auto}
-figure{margin:1em 0}figcaption{font-size:12px;color:#555}"""
+figure{margin:1em 0}figcaption{font-size:12px;color:#555}img{max-width:100%}
+td.better{background:#e3f4e3}td.worse{background:#f8e1e1}.legend{font-size:12px;color:#444}
+details{margin-top:2em}summary{cursor:pointer;font-weight:bold}table.headline td{white-space:nowrap}"""
 
 
 def report(cfg: RunConfig, run_dir: str | Path) -> Path:
@@ -117,8 +123,10 @@ def report(cfg: RunConfig, run_dir: str | Path) -> Path:
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     sae_dirs = list_sae_folders(run_dir)
+    baseline = "topk" if "topk" in set(table["trainer"]) else str(table["trainer"].iloc[0])
     made = {
         "summary.png": plots.summary_bars(table, out / "summary.png"),
+        "frontier.png": plots.frontier(table, out / "frontier.png"),
         "absorption_per_letter.png": plots.absorption_per_letter(table, out / "absorption_per_letter.png"),
         "fc_scatter.png": plots.fc_scatter(sae_dirs, out / "fc_scatter.png"),
         "score_histograms.png": plots.score_histograms(sae_dirs, out / "score_histograms.png"),
@@ -139,10 +147,14 @@ def report(cfg: RunConfig, run_dir: str | Path) -> Path:
 <h1>fc-sae report: {html.escape(run_dir.name)}</h1>
 <p>Model: {html.escape(models)}. SAEs: {len(set(table['sae']))}. Lower absorption is better.
 Numbers from <code>results.parquet</code>; plots from the results and the SAEs' training artifacts.</p>
+<h2>Headline</h2><p class="legend">{html.escape(LEGEND.format(baseline=baseline))} Green: the interval
+excludes 0 on the better side; red: on the worse side.</p>{headline_html(table, baseline)}
+<h2>Plots</h2>{''.join(figures)}{'<ul>' + ''.join(missing) + '</ul>' if missing else ''}
+<details><summary>Every metric: ground-truth detail, by trainer, per SAE, not evaluated</summary>
 {_synthetic_html(table)}<h2>By trainer (mean and spread over seeds)</h2>{_trainer_html(trainer_table(table))}
 <h2>Per SAE</h2>{_per_sae_html(per_sae_table(table))}
 <h2>Not evaluated</h2>{_problems_html(problems(table))}
-<h2>Plots</h2>{''.join(figures)}{'<ul>' + ''.join(missing) + '</ul>' if missing else ''}
+</details>
 </body></html>
 """
     return write_text_atomic(out / "index.html", page)

@@ -9,18 +9,27 @@ from pathlib import Path
 
 from fc_base.sae_folder import SAES_DIR, is_complete, sae_name
 from pipeline.config import RunConfig
+from trainers.config import TrainJob
 from trainers.data import ActivationSource
 from trainers.export import ModelInfo
 from trainers.loop import train_sae
 from trainers.recipe import get_recipe
 
 
-def planned_saes(cfg: RunConfig, trainer: str | None = None, seed: int | None = None) -> list[tuple[str, int]]:
+def planned_saes(cfg: RunConfig, trainer: str | None = None, seed: int | None = None,
+                 point: str | None = None) -> list[TrainJob]:
+    """The config's SAEs (``TrainConfig.jobs``), optionally only one trainer, seed or sweep point."""
     if trainer is not None:
         get_recipe(trainer)  # one clear error for an unknown name
-    trainers = [trainer] if trainer is not None else list(cfg.train.trainers)
-    seeds = [seed] if seed is not None else list(cfg.train.seeds)
-    return [(t, s) for t in trainers for s in seeds]
+    if point:
+        cfg.train.at_point(point)  # one clear error for an unknown point
+    jobs = cfg.train.jobs()
+    if trainer is not None and trainer not in {j.trainer for j in jobs}:
+        jobs += [TrainJob(trainer, s, p) for s in cfg.train.seeds for p in dict.fromkeys(j.point for j in jobs)]
+    if seed is not None and seed not in {j.seed for j in jobs}:
+        jobs += [TrainJob(t, seed, p) for t, p in dict.fromkeys((j.trainer, j.point) for j in jobs)]
+    return [j for j in jobs if (trainer is None or j.trainer == trainer) and (seed is None or j.seed == seed)
+            and (point is None or j.point == point)]
 
 
 def model_info(cfg: RunConfig) -> ModelInfo:
@@ -44,16 +53,16 @@ def open_activations(run_dir: Path) -> ActivationSource:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, trainer: str | None = None, seed: int | None = None, *,
-          source: ActivationSource | None = None, progress: bool = True) -> list[Path]:
+          point: str | None = None, source: ActivationSource | None = None, progress: bool = True) -> list[Path]:
     """Train the SAEs not yet complete on disk; return the folders of all requested SAEs.
     ``source`` replaces the run's activation cache (benchmarks and tests feed tensors)."""
     run_dir = Path(run_dir)
-    plan = planned_saes(cfg, trainer, seed)
-    out_dirs = [run_dir / SAES_DIR / sae_name(t, s) for t, s in plan]
-    todo = [(t, s, d) for (t, s), d in zip(plan, out_dirs) if not is_complete(d)]
+    plan = planned_saes(cfg, trainer, seed, point)
+    out_dirs = [run_dir / SAES_DIR / sae_name(j.trainer, j.seed, j.point) for j in plan]
+    todo = [(j, d) for j, d in zip(plan, out_dirs) if not is_complete(d)]
     if todo:
         source = source if source is not None else open_activations(run_dir)
         info = model_info(cfg)
-        for t, s, out_dir in todo:
-            train_sae(source, cfg.train, t, s, out_dir, info, progress=progress)
+        for job, out_dir in todo:
+            train_sae(source, cfg.train.at_point(job.point), job.trainer, job.seed, out_dir, info, progress=progress)
     return out_dirs

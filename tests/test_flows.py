@@ -1,5 +1,4 @@
 """The Prefect flow end to end on the tiny preset, against a real (temporary) Prefect server."""
-import os
 
 import pytest
 
@@ -57,3 +56,55 @@ def test_eval_only_without_a_run_fails_clearly(prefect_server, tmp_path):
 
     with pytest.raises(Exception, match="no config.json"):
         fc_sae(preset="tiny", run_dir=str(tmp_path / "empty"), stages="eval")
+
+
+def _absorption_values(task_json):
+    from eval.results import read_task
+
+    rows = read_task(task_json)["rows"]
+    assert rows and all(r["status"] == "ok" for r in rows), rows[:1]
+    return {r["metric"]: r["value"] for r in rows if r["metric"] != "eval_seconds"}
+
+
+def test_absorption_rows_are_identical_in_the_cli_and_inside_a_busy_flow(prefect_server, tmp_path, tiny_model_dir):
+    """sae-bench's prompting and probing draw from process-wide RNGs; other tasks of a flow draw from
+    them at the same time. The eval must not care: same SAE and config, same rows."""
+    import random
+    import time
+
+    import torch
+    from prefect import flow, task
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from pipeline.evaluate import run_eval_task
+    from tests.eval_helpers import make_run, tiny_config
+
+    cfg = tiny_config()
+    specs = (("topk_s0", "topk", 0, "topk", 1.0),)
+    plain = run_eval_task(cfg, make_run(tmp_path / "plain", specs), "topk_s0", "absorption")
+
+    @task
+    def draw_noise(seconds: float) -> int:
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            random.random()
+            torch.rand(1)
+            n += 1
+            time.sleep(0.001)
+        return n
+
+    @task
+    def absorption(run_dir: str) -> str:
+        return str(run_eval_task(cfg, run_dir, "topk_s0", "absorption"))
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
+    def busy(run_dir: str) -> str:
+        noise = [draw_noise.submit(20.0) for _ in range(3)]
+        random.seed(12345)  # a different global state than the plain call saw
+        torch.manual_seed(12345)
+        result = absorption.submit(run_dir).result()
+        assert all(f.result() > 0 for f in noise)
+        return result
+
+    in_flow = busy(str(make_run(tmp_path / "flow", specs)))
+    assert _absorption_values(in_flow) == _absorption_values(plain)

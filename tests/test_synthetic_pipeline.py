@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import pandas as pd
 import pytest
 
 CUSTOM = {  # a custom synthetic model defined by a config file

@@ -1,8 +1,8 @@
 """Training configuration: what SAEs to train and how."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 from fc_base.errors import ConfigError
 from fc_base.errors import check as _check
@@ -47,6 +47,39 @@ class TrackerConfig:
                f"train.tracker.projection_dim must be None or > 0, got {self.projection_dim}")
         _check(self.hole_rows >= 0, f"train.tracker.hole_rows must be >= 0, got {self.hole_rows}")
         _check(self.suppression_every >= 0, f"train.tracker.suppression_every must be >= 0, got {self.suppression_every}")
+
+
+@dataclass
+class SweepPoint:
+    """One point of an L0 sweep: a label, the k of the TopK-family recipes and option overrides
+    (e.g. ``relu_l1.l1_coeff`` chosen to land near that k)."""
+
+    label: str
+    """Part of each SAE's name (``<trainer>_<label>_s<seed>``): letters, digits, ``-``."""
+    k: int | None = None
+    """Active latents per token at this point (None: ``train.k``)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Recipe option sections merged over ``train.options`` at this point."""
+    trainers: list[str] | None = None
+    """Trainers run at this point (None: all of ``train.trainers``); thins an expensive grid."""
+    seeds: list[int] | None = None
+    """Seeds run at this point (None: all of ``train.seeds``)."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.label) and all(c.isalnum() or c == "-" for c in self.label),
+               f"train.sweep: label must be letters, digits or '-', got {self.label!r}")
+        _check(self.k is None or (isinstance(self.k, int) and self.k > 0),
+               f"train.sweep[{self.label}].k must be a positive int, got {self.k!r}")
+        _check(self.trainers is None or len(self.trainers) > 0, f"train.sweep[{self.label}].trainers is empty")
+        _check(self.seeds is None or len(self.seeds) > 0, f"train.sweep[{self.label}].seeds is empty")
+
+
+class TrainJob(NamedTuple):
+    """One SAE of a run: its recipe, seed and sweep point ('' without a sweep)."""
+
+    trainer: str
+    seed: int
+    point: str = ""
 
 
 @dataclass
@@ -103,6 +136,11 @@ class TrainConfig:
     options: dict[str, Any] = field(default_factory=dict)
     """Recipe option groups by section (auxk, relu_l1, batchtopk, matryoshka, fc, ...): each recipe
     reads only its own; missing fields take their defaults (``fc-sae config show`` prints them all)."""
+    trainer_seeds: dict[str, list[int]] = field(default_factory=dict)
+    """Seeds of particular trainers (default: ``seeds``); thins the arms a comparison leans on least."""
+    sweep: list[SweepPoint] = field(default_factory=list)
+    """L0 sweep: every trainer x seed is trained once per point (empty: one SAE per trainer x seed
+    at ``k``). Each point may restrict its trainers and seeds to thin the grid."""
 
     def __post_init__(self) -> None:
         from trainers.recipe import option_sections, recipe_names
@@ -139,6 +177,40 @@ class TrainConfig:
         if isinstance(self.tracker, dict):
             self.tracker = TrackerConfig(**self.tracker)
         self.options = resolve_sections("train", option_sections(), self.options)
+        for t, chosen in self.trainer_seeds.items():
+            _check(t in self.trainers, f"train.trainer_seeds: {t!r} is not in train.trainers")
+            _check(bool(chosen) and set(chosen) <= set(self.seeds),
+                   f"train.trainer_seeds[{t}] must be a non-empty subset of train.seeds, got {chosen}")
+        self.sweep = [p if isinstance(p, SweepPoint) else SweepPoint(**p) for p in self.sweep]
+        labels = [p.label for p in self.sweep]
+        _check(len(set(labels)) == len(labels), f"train.sweep labels must be unique, got {labels}")
+        for p in self.sweep:
+            bad = [t for t in (p.trainers or []) if t not in known]
+            _check(not bad, f"train.sweep[{p.label}]: unknown trainer {bad[0]!r}" if bad else "")
+            _check(p.k is None or p.k <= self.d_sae, f"train.sweep[{p.label}].k must be <= d_sae ({self.d_sae})")
+            resolve_sections(f"train.sweep[{p.label}]", option_sections(), p.options)  # unknown knobs fail here
+
+    def jobs(self) -> list[TrainJob]:
+        """Every SAE this config trains, in training order (point, trainer, seed)."""
+        def seeds(trainer: str, point: SweepPoint | None) -> list[int]:
+            base = (point.seeds if point is not None and point.seeds else None) or self.seeds
+            return [s for s in base if s in self.trainer_seeds.get(trainer, base)]
+
+        if not self.sweep:
+            return [TrainJob(t, s) for t in self.trainers for s in seeds(t, None)]
+        return [TrainJob(t, s, p.label) for p in self.sweep for t in (p.trainers or self.trainers)
+                for s in seeds(t, p)]
+
+    def at_point(self, label: str) -> "TrainConfig":
+        """This config with one sweep point's k and option overrides applied (and no sweep)."""
+        if not label:
+            return self
+        point = next((p for p in self.sweep if p.label == label), None)
+        _check(point is not None, f"no sweep point {label!r} (have: {', '.join(p.label for p in self.sweep)})")
+        options = {name: dict(values) for name, values in self.options.items()}
+        for name, values in point.options.items():
+            options[name] = {**options.get(name, {}), **values}
+        return replace(self, k=point.k or self.k, options=options, sweep=[], trainer_seeds={})
 
     def option(self, cls: type) -> Any:
         """The option group ``cls`` (an ``Options`` dataclass) of this config."""

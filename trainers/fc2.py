@@ -53,8 +53,10 @@ def repair_maintain(mode: str, control: bool = False, statistic: str = "hole_sco
 
 def _repair_recipe(name: str, description: str, mode: str, control: bool = False,
                    statistic: str = "hole_score") -> Recipe:
+    # random_repair_topk repeats the decoder-mode surgery; the encoder mode has no control arm yet.
+    control_arm = "random_repair_topk" if mode == "decoder" and not control else None
     return Recipe(name, description, TOPK.build, options=(*TOPK.options, FC2Options),
-                  maintain=repair_maintain(mode, control, statistic))
+                  maintain=repair_maintain(mode, control, statistic), control=control_arm)
 
 
 FC2_TOPK = register(_repair_recipe(

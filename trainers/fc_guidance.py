@@ -76,4 +76,5 @@ def with_fc_guidance(base: Recipe, name: str | None = None, *, control: bool = F
     default_name, what = ((f"random_split_{base.name}", "FC's split surgery on random latents (control)") if control
                           else (f"fc_{base.name}", "FC-guided splitting"))
     return Recipe(name or default_name, f"{base.description}, plus {what}", base.build,
-                  options=(*base.options, FCOptions), maintain=maintain, sparsity=base.sparsity)
+                  options=(*base.options, FCOptions), maintain=maintain, sparsity=base.sparsity,
+                  control=None if control else f"random_split_{base.name}")

@@ -273,7 +273,7 @@ def _train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: i
     total = cfg.total_steps
     steps_per_epoch = source.n_rows // cfg.batch_size
     batches = None
-    bar = tqdm(total=total, initial=run.step, desc=f"{trainer}_s{seed}", disable=not progress, unit="step")
+    bar = tqdm(total=total, initial=run.step, desc=out_dir.name, disable=not progress, unit="step")
     with open(log_path, "a") as log_file:
         while run.step < total:
             if batches is None or run.step % steps_per_epoch == 0:

@@ -82,6 +82,9 @@ class Recipe:
     train: Callable[..., Any] | None = None
     """A training loop of the recipe's own (external reference implementations), called as
     ``train(source, cfg, trainer, seed, out_dir, info, progress)``; None: the shared loop."""
+    control: str | None = None
+    """The recipe that does the same surgery on randomly chosen latents (its control arm), if any:
+    a gain over the baseline is credited to the recipe's statistic only beyond that arm."""
 
 
 RECIPES = PluginRegistry("trainer", "train", "trainers.registry")

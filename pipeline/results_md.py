@@ -1,0 +1,210 @@
+"""RESULTS.md, generated from results tables only (no hand-typed numbers): the commands, the noise
+floor, the headline tables, every FC arm against the baseline and against its random-surgery control,
+the tracker statistics' detection quality, and a verdict worded from the intervals.
+
+The output is a pure function of the tables (no dates, no machine names), so regenerating it from the
+committed tables gives the same file."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from eval.compare import EVAL_STD_SUFFIX, paired_comparison
+from eval.headline import LEGEND, headline_markdown
+from fc_base.io import write_text_atomic
+
+
+@dataclass(frozen=True)
+class Study:
+    """One results table and how to read it."""
+
+    title: str
+    table: pd.DataFrame
+    source: str
+    """Path of the table as the command line names it."""
+    command: str
+    """The command that produced the table."""
+    eval: str
+    primary: str
+    """Absorption metric the verdict is about (lower is better)."""
+    reconstruction: str
+    """Reconstruction metric that must not get worse (higher is better)."""
+    plot: str | None = None
+    """Frontier plot written beside RESULTS.md (relative path), if the table has several L0s."""
+
+
+def _fmt(x: float, d: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
+
+
+def _interval(r: pd.Series, d: int = 3) -> str:
+    ci = "" if math.isnan(r["ci_low"]) else f" [{_fmt(r['ci_low'], d)}, {_fmt(r['ci_high'], d)}]"
+    return f"{r['diff']:+.{d}f}{ci}"
+
+
+def controls_in(table: pd.DataFrame) -> dict[str, str]:
+    """FC arm -> its random-surgery control, for the arms whose control is in the table."""
+    from trainers.recipe import RECIPES
+
+    have = set(table["trainer"])
+    return {name: recipe.control for name in sorted(have)
+            if name in RECIPES.names() and (recipe := RECIPES.get(name)).control in have}
+
+
+def _row(cmp: pd.DataFrame, trainer: str, k: int, metric: str) -> pd.Series | None:
+    hit = cmp[(cmp["trainer"] == trainer) & (cmp["k"] == k) & (cmp["metric"] == metric)]
+    return None if hit.empty else hit.iloc[0]
+
+
+def _side(r: pd.Series | None) -> int:
+    """-1: interval below 0, +1: above 0, 0: contains 0 or no interval."""
+    if r is None or math.isnan(r["ci_low"]):
+        return 0
+    return -1 if r["ci_high"] < 0 else (1 if r["ci_low"] > 0 else 0)
+
+
+def verdicts(study: Study, baseline: str = "topk") -> list[str]:
+    """One plain sentence per FC arm and L0 (and one for Matryoshka), worded from the intervals."""
+    metrics = [study.primary, study.reconstruction]
+    vs_base = paired_comparison(study.table, metrics, baseline, study.eval)
+    if vs_base.empty:
+        return ["No rows for this eval."]
+    lines = []
+    for arm, control in controls_in(study.table).items():
+        vs_ctl = paired_comparison(study.table[study.table["trainer"].isin([arm, control])], metrics, control,
+                                   study.eval)
+        for k in sorted(vs_base.loc[vs_base["trainer"] == arm, "k"].unique()):
+            a, c = _row(vs_base, arm, k, study.primary), _row(vs_ctl, arm, k, study.primary)
+            rec = _row(vs_base, arm, k, study.reconstruction)
+            if a is None:
+                continue
+            if a["n_pairs"] == 0:
+                word = (f"has no L0-matched `{baseline}` to compare with; against its control it "
+                        + ("changes absorption beyond the noise" if _side(c) else "does not change absorption beyond the noise"))
+            elif _side(a) < 0 and _side(c) < 0:
+                word = "lowers absorption beyond both the baseline's and its control's noise"
+            elif _side(a) < 0:
+                word = ("lowers absorption against the baseline but not against its control: the gain belongs "
+                        "to the surgery, not to the statistic")
+            elif _side(a) > 0:
+                word = "raises absorption"
+            else:
+                word = "does not change absorption beyond the noise"
+            kk = "" if k < 0 else f" at k={k}"
+            tail = f"; {study.reconstruction} Δ {_interval(rec)}" if rec is not None and rec["n_pairs"] else ""
+            ctl = f"vs `{control}` Δ {_interval(c)}" if c is not None else ""
+            base = f"vs `{baseline}` Δ {_interval(a)}, " if a["n_pairs"] else ""
+            lines.append(f"- `{arm}`{kk} {word} ({study.primary} {base}{ctl}{tail}).")
+    for k in sorted(vs_base.loc[vs_base["trainer"] == "matryoshka", "k"].unique()):
+        m, rec = _row(vs_base, "matryoshka", k, study.primary), _row(vs_base, "matryoshka", k, study.reconstruction)
+        if m is None:
+            continue
+        word = {-1: "lower", 1: "higher", 0: "not different beyond the noise"}[_side(m)]
+        kk = "" if k < 0 else f" at k={k}"
+        tail = f"; {study.reconstruction} Δ {_interval(rec)}" if rec is not None else ""
+        lines.append(f"- `matryoshka`{kk}: absorption {word} than `{baseline}` ({study.primary} Δ {_interval(m)}{tail}).")
+    return lines or ["No FC arm with its control in this table."]
+
+
+def noise_floor(table: pd.DataFrame, eval_name: str) -> str:
+    """Per metric: the eval's own noise (median over SAEs of the spread over probe seeds) beside the
+    seed spread (median over trainer x k groups of the std over training seeds)."""
+    ok = table[(table["status"] == "ok") & (table["eval"] == eval_name)]
+    noise = ok[ok["metric"].str.endswith(EVAL_STD_SUFFIX)]
+    if noise.empty:
+        return "This table has no per-SAE eval-noise rows.\n"
+    lines = ["| metric | eval std per SAE (median) | seed std per trainer and k (median) | SAEs | groups |",
+             "|---|---|---|---|---|"]
+    for metric in sorted(noise["metric"].unique()):
+        base = metric.removesuffix(EVAL_STD_SUFFIX)
+        per_sae = noise.loc[noise["metric"] == metric, "value"]
+        vals = ok[ok["metric"] == base].assign(k=lambda f: f["k"].fillna(-1))
+        seed_std = vals.groupby(["trainer", "k"])["value"].std(ddof=1).dropna()
+        lines.append(f"| {base} | {_fmt(float(per_sae.median()))} | {_fmt(float(seed_std.median()) if len(seed_std) else math.nan)}"
+                     f" | {len(per_sae)} | {len(seed_std)} |")
+    return "\n".join(lines) + "\n"
+
+
+def control_table(study: Study) -> str:
+    """Each FC arm against its control at each k, paired by seed, for the primary and reconstruction metrics."""
+    rows = []
+    for arm, control in controls_in(study.table).items():
+        cmp = paired_comparison(study.table[study.table["trainer"].isin([arm, control])],
+                                [study.primary, study.reconstruction], control, study.eval)
+        for k in sorted(cmp.loc[cmp["trainer"] == arm, "k"].unique()):
+            cells = []
+            for metric in (study.primary, study.reconstruction):
+                r = _row(cmp, arm, k, metric)
+                cells.append("–" if r is None or r["n_pairs"] == 0 else f"{_interval(r)} (n={int(r['n_pairs'])})")
+            rows.append(f"| `{arm}` | `{control}` | {'–' if k < 0 else k} | " + " | ".join(cells) + " |")
+    if not rows:
+        return "No FC arm with its control in this table.\n"
+    return (f"| arm | control | k | Δ {study.primary} | Δ {study.reconstruction} |\n|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+
+
+def detection_table(table: pd.DataFrame, eval_name: str) -> str:
+    """Mean ± std over SAEs of each ``detect_auc_*`` metric, per trainer (0.5 = chance)."""
+    ok = table[(table["status"] == "ok") & (table["eval"] == eval_name) & table["metric"].str.startswith("detect_auc_")]
+    if ok.empty:
+        return "No detection rows (the SAEs have no tracker history).\n"
+    stats = ok.groupby(["metric", "trainer"])["value"].agg(["mean", "std", "count"])
+    trainers = [t for t in ("topk", "matryoshka", "batchtopk") if t in set(ok["trainer"])] or sorted(set(ok["trainer"]))[:3]
+    lines = ["| statistic | " + " | ".join(f"{t} (mean ± std, n)" for t in trainers) + " |",
+             "|---|" + "---|" * len(trainers)]
+    for metric in sorted(ok["metric"].unique()):
+        cells = []
+        for t in trainers:
+            if (metric, t) in stats.index:
+                r = stats.loc[(metric, t)]
+                cells.append(f"{_fmt(r['mean'])} ± {_fmt(r['std'])} ({int(r['count'])})")
+            else:
+                cells.append("–")
+        lines.append(f"| {metric.removeprefix('detect_auc_')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _section(study: Study, out_dir: Path) -> str:
+    from eval import plots
+
+    parts = [f"## {study.title}\n", f"Table: `{study.source}` (from `{study.command}`).\n",
+             "### Verdict\n", "\n".join(verdicts(study)) + "\n"]
+    if (study.table["metric"].str.endswith(EVAL_STD_SUFFIX)).any():
+        parts += ["### Noise floor\n", noise_floor(study.table, study.eval)]
+    parts += ["### Headline\n", LEGEND.format(baseline="topk") + "\n", headline_markdown(study.table)]
+    parts += ["### FC arms against their random-surgery controls\n",
+              "Δ: arm minus control, paired by seed, with the 95% interval.\n", control_table(study)]
+    if study.plot:
+        made = plots.frontier(study.table, out_dir / study.plot)
+        if made is not None:
+            parts += ["### L0 frontier\n", f"![frontier]({study.plot})\n"]
+    parts += ["### Which tracker statistic picks out the latents the eval named\n",
+              "ROC AUC of each statistic's last training snapshot (0.5: chance; below 0.5: it points the other way).\n",
+              detection_table(study.table, study.eval)]
+    return "\n".join(parts)
+
+
+def render(studies: list[Study], out: Path, regenerate: str) -> str:
+    """Write RESULTS.md (and its plots beside it); returns the text."""
+    out = Path(out)
+    head = ("# Results\n\nGenerated from the results tables below by one command; every number comes from "
+            "them. Regenerate with:\n\n```\n" + regenerate + "\n```\n")
+    text = head + "\n" + "\n".join(_section(s, out.parent) for s in studies)
+    write_text_atomic(out, text)
+    return text
+
+
+def load_study(kind: str, path: str) -> Study:
+    """A study of a table: ``synthetic`` (ground truth) or ``language`` (sae-bench on an LLM)."""
+    table = pd.read_parquet(path)
+    if kind == "synthetic":
+        return Study("Ground truth: synthetic hierarchy (synth-fc preset)", table, path, "make run PRESET=synth-fc",
+                     "synthetic", "absorption_rate", "explained_variance")
+    model = ", ".join(sorted(set(table["model"].astype(str))))
+    return Study(f"Language model: {model} (experiment preset)", table, path, "make run PRESET=experiment",
+                 "absorption", "mean_absorption_fraction_score", "explained_variance_legacy",
+                 plot="docs/results/frontier_experiment.png")
+
