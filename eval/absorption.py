@@ -231,15 +231,16 @@ LETTER_METRICS = ("absorption_fraction", "full_absorption_rate", "num_split_feat
 
 
 def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: AbsorptionOptions,
-                   llm_batch_size: int) -> tuple[AbsorptionResult, list[dict]]:
+                   llm_batch_size: int, probe_seeds: list[int] | None = None) -> tuple[AbsorptionResult, list[dict]]:
     """sae-bench absorption metrics for one SAE against the shared probe artifacts, averaged over
-    ``opts.probe_seeds`` k-sparse-probe seeds (same prompts for every seed and every SAE).
+    ``opts.probe_seeds`` k-sparse-probe seeds 0..n-1, or the given ``probe_seeds`` (same prompts for
+    every seed and every SAE).
 
     Returns the metrics (with ``<metric>_eval_std`` across probe seeds) and the per-letter table
     (one dict per letter, values averaged over probe seeds)."""
     passing = set(check_letters(probe, opts, model.cfg.model_name))
     per_seed = [_absorption_one_probe_seed(model, sae, sae_name, probe, opts, llm_batch_size, seed)
-                for seed in range(opts.probe_seeds)]
+                for seed in (probe_seeds if probe_seeds is not None else range(opts.probe_seeds))]
     letters = []
     for i, letter in enumerate(LETTERS):
         rows = [letters_s[i] for letters_s, _, _ in per_seed]
@@ -262,7 +263,7 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: Absor
         result[name] = statistics.stdev([r[key] for r in used])  # spread over letters, as sae-bench
     result["n_letters_evaluated"] = len(used)
     result["n_words"] = len(probe.words)
-    result["n_probe_seeds"] = opts.probe_seeds
+    result["n_probe_seeds"] = len(per_seed)
     for r in letters:
         for key in LETTER_METRICS + ("probe_f1",):
             result[f"letter/{r['letter']}/{key}"] = r[key]

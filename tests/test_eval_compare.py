@@ -26,3 +26,55 @@ def test_paired_differences_and_interval_match_a_hand_computation():
     assert cmp.loc["fc", "n"] == 4 and math.isnan(cmp.loc["topk", "diff"])
     text = comparison_markdown(paired_comparison(table, ["f1"], "topk"), ["f1"], "topk")
     assert "| fc (n=4) |" in text and "Δ +0.043" in text
+
+
+def _absorption_table(shift: float, *, noise: float = 0.01, letters: int = 26, ks=(16, 32)) -> pd.DataFrame:
+    """topk and an arm at two k, 3 seeds, per-letter absorption values; the arm is lower by ``shift``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in ks:
+        for trainer, offset in (("topk", 0.0), ("fc2sup_topk", -shift), ("random_repair_topk", 0.0)):
+            for seed in range(3):
+                per_letter = 0.3 + offset + noise * rng.standard_normal(letters)
+                base = {"trainer": trainer, "seed": seed, "k": k, "eval": "absorption", "status": "ok"}
+                rows += [{**base, "metric": f"letter/{chr(97 + i)}/absorption_fraction", "value": float(v)}
+                         for i, v in enumerate(per_letter)]
+                rows.append({**base, "metric": "mean_absorption_fraction_score", "value": float(per_letter.mean())})
+                rows.append({**base, "metric": "mean_absorption_fraction_score_eval_std", "value": 0.02})
+                rows.append({**base, "metric": "explained_variance_legacy", "value": 0.9 + 0.001 * seed})
+    return pd.DataFrame(rows)
+
+
+def test_absorption_intervals_bootstrap_over_seeds_and_letters_and_pair_only_within_k():
+    cmp = paired_comparison(_absorption_table(0.05), ["mean_absorption_fraction_score"], "topk")
+    arm = cmp[cmp["trainer"] == "fc2sup_topk"].set_index("k")
+    assert list(arm.index) == [16, 32] and (arm["n_pairs"] == 3).all()
+    assert (arm["ci_kind"] == "bootstrap seeds x letters").all()
+    assert (arm["ci_high"] < 0).all() and (arm["ci_low"] < arm["diff"]).all() and (arm["diff"] < arm["ci_high"]).all()
+    assert arm.loc[16, "diff"] == pytest.approx(-0.05, abs=0.01)
+    assert list(arm["eval_std"]) == pytest.approx([0.02, 0.02])
+    same = paired_comparison(_absorption_table(0.0), ["mean_absorption_fraction_score"], "topk")
+    null = same[same["trainer"] == "fc2sup_topk"]
+    assert ((null["ci_low"] < 0) & (null["ci_high"] > 0)).all()  # no difference: the interval holds 0
+
+
+def test_results_md_words_the_verdict_from_the_intervals_and_regenerates_identically(tmp_path):
+    from pipeline.results_md import Study, render, verdicts
+
+    table = _absorption_table(0.05)
+    table["model"] = "m"
+    study = Study("t", table, "x.parquet", "make run", "absorption", "mean_absorption_fraction_score",
+                  "explained_variance_legacy", plot="frontier.png")
+    lines = verdicts(study)
+    assert any("`fc2sup_topk` at k=32 lowers absorption beyond both" in line for line in lines)
+    weak = _absorption_table(0.05)
+    weak.loc[weak["trainer"] == "random_repair_topk", "value"] -= 0.05  # the control does just as well
+    assert any("not against its control" in line
+               for line in verdicts(Study("t", weak, "x", "c", "absorption", "mean_absorption_fraction_score",
+                                          "explained_variance_legacy")))
+    first = render([study], tmp_path / "RESULTS.md", "fc-sae results-md ...")
+    assert (tmp_path / "frontier.png").is_file() and "![frontier](frontier.png)" in first
+    assert "| mean_absorption_fraction_score | 0.020 |" in first  # the noise floor table
+    assert render([study], tmp_path / "RESULTS.md", "fc-sae results-md ...") == first

@@ -41,11 +41,17 @@ def test_absorption_rows_use_sae_bench_metric_names_and_keep_every_letter(table)
         assert rows["n_letters_evaluated"] >= 20  # sae-bench's rule passed on the tiny model
         letters = [m for m in rows.index if m.startswith("letter/") and m.endswith("/probe_f1")]
         assert len(letters) == 26
+        # averaged over the configured k-sparse-probe seeds, their spread kept as the eval's own noise
+        assert rows["n_probe_seeds"] == tiny_config().eval.options["absorption"]["probe_seeds"] == 2
+        for metric in ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features"):
+            assert rows[f"{metric}_eval_std"] >= 0.0
+        assert rows["n_main_latents"] >= 1
 
 
 def test_absorption_probe_is_shared_and_k_sparse_probes_are_per_sae(run_dir):
     roots = list((run_dir / "eval_artifacts" / "absorption").iterdir())
     assert len(roots) == 1  # one (model, layer, word sample) for the whole run
+    assert roots[0].name.endswith("_bs64")  # the probe's LLM batch size is part of its key
     probes = list(roots[0].glob("probes/**/probe.pth"))
     assert len(probes) == 1
     per_sae = sorted(p.name for p in (roots[0] / "k_sparse_probing").iterdir())
@@ -53,6 +59,7 @@ def test_absorption_probe_is_shared_and_k_sparse_probes_are_per_sae(run_dir):
     forwards = [json.loads((run_dir / "eval" / n / "absorption.json").read_text())["details"]["prompt_forwards"]
                 for n in sorted(n for n, *_ in SAE_SPECS)]  # evaluation order
     assert forwards[0] > 0 and forwards[1:] == [0] * (len(SAE_SPECS) - 1)  # prompt activations shared
+    # (across probe seeds too: the calculator's prompts do not depend on the probe seed)
     words = json.loads((roots[0] / "words.json").read_text())
     assert len(words) == tiny_config().eval.options["absorption"]["word_sample"] == len(set(words))
 
