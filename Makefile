@@ -6,7 +6,7 @@ PRESET ?= demo
 RUN_DIR ?= runs/$(PRESET)
 PYTEST_ARGS ?=
 
-.PHONY: setup test run eval down clean-runs
+.PHONY: setup test run eval results down clean-runs
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,11 @@ run: setup
 
 eval: setup
 	@bash scripts/run.sh eval "$(PRESET)" "$(RUN_DIR)"
+
+# RESULTS.md from the committed results tables (copy a finished run's results.parquet under results/).
+results: setup
+	$(PY) -m pipeline.cli results-md --synthetic results/synth-fc/results.parquet \
+		--language results/experiment/results.parquet --out RESULTS.md
 
 down:
 	@bash scripts/down.sh

@@ -11,18 +11,35 @@ HISTORY_STATISTICS = {"absorption_score": 1.0, "frequency": 1.0, "consistency": 
 reported as inconsistency)."""
 
 
-def detection_aucs(history: pd.DataFrame, positives_M: np.ndarray, prefix: str = "detect_auc_") -> dict[str, float]:
-    """ROC AUC of each recorded statistic (its last snapshot) at finding the ``positives_M`` latents;
-    0.5 is chance, below 0.5 means the statistic points the other way."""
-    from eval.synthetic_metrics import detection_auc
+EARLY_FRACTIONS = (0.25, 0.5, 0.75)
+"""Training fractions at which the statistics are also scored (``<metric>@25`` ...): how early a
+statistic would have flagged the latents that end up absorbing or absorbed."""
 
+
+def detection_aucs(history: pd.DataFrame, positives_M: np.ndarray, prefix: str = "detect_auc_",
+                   fractions: tuple[float, ...] = EARLY_FRACTIONS) -> dict[str, float]:
+    """ROC AUC of each recorded statistic at finding the ``positives_M`` latents: at the last snapshot
+    (``<prefix><stat>``) and at the snapshots nearest to ``fractions`` of training
+    (``<prefix><stat>@<percent>``). 0.5 is chance, below 0.5 means the statistic points the other way."""
     if history.empty:
         return {}
     positives_M = np.asarray(positives_M, dtype=bool)
-    last = history[history["step"] == history["step"].max()].sort_values("latent")
+    steps = np.sort(history["step"].unique())
+    out = _aucs_at(history, int(steps[-1]), positives_M, prefix, "")
+    for frac in fractions:
+        step = int(steps[np.abs(steps - frac * steps[-1]).argmin()])
+        if step != steps[-1]:
+            out.update(_aucs_at(history, step, positives_M, prefix, f"@{round(frac * 100)}"))
+    return out
+
+
+def _aucs_at(history: pd.DataFrame, step: int, positives_M: np.ndarray, prefix: str, suffix: str) -> dict[str, float]:
+    from eval.synthetic_metrics import detection_auc
+
+    snap = history[history["step"] == step].sort_values("latent")
     out = {}
     for column, sign in HISTORY_STATISTICS.items():
-        if column in last and last[column].notna().any():
+        if column in snap and snap[column].notna().any():
             name = "inconsistency" if sign < 0 else column
-            out[f"{prefix}{name}"] = detection_auc(sign * last[column].to_numpy(np.float64), positives_M)
+            out[f"{prefix}{name}{suffix}"] = detection_auc(sign * snap[column].to_numpy(np.float64), positives_M)
     return out

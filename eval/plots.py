@@ -61,6 +61,67 @@ def fc_scatter(sae_dirs: list[Path], out: Path) -> Path | None:
     return _save(fig, out)
 
 
+def representative(sae_dirs: list[Path], limit: int = 9) -> list[Path]:
+    """The SAEs per-SAE plots show: seed 0 of each trainer (and L0 point) first, at most ``limit``."""
+    first = [d for d in sae_dirs if d.name.endswith("_s0")]
+    rest = [d for d in sae_dirs if d not in first]
+    return (first + rest)[:limit]
+
+
+def absorbing_scatter(run_dir: Path, sae_dirs: list[Path], out: Path) -> Path | None:
+    """The frequency/consistency analysis on real data: f vs c per latent (last tracker snapshot), with
+    the latents sae-bench's absorption eval named: absorbing (red) and main first-letter latents (blue)."""
+    panels = []
+    for d in sae_dirs:
+        task = Path(run_dir) / "eval" / d.name / "absorption.json"
+        snap = last_fc_snapshot(d)
+        if snap is None or not task.is_file():
+            continue
+        details = json.loads(task.read_text()).get("details", {})
+        if "absorbing_latents" in details:
+            panels.append((d.name, snap, details["absorbing_latents"], details["main_latents"]))
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, (name, snap, absorbing, main) in zip(axes.flat, panels):
+        snap = snap.set_index("latent")
+        ax.scatter(snap["frequency"], snap["consistency"], s=2, alpha=0.3, color="grey", label="other")
+        for ids, color, label in ((absorbing, "tab:red", "absorbing"), (main, "tab:blue", "main first-letter")):
+            hit = snap.loc[snap.index.intersection(ids)]
+            ax.scatter(hit["frequency"], hit["consistency"], s=7, color=color, label=f"{label} ({len(hit)})")
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set(title=name, xlabel="frequency f", ylabel="consistency c", ylim=(0, 1.02))
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    return _save(fig, out)
+
+
+def detection_bars(table: pd.DataFrame, out: Path) -> Path | None:
+    """ROC AUC of each tracker statistic at picking out the latents an eval named (absorbing latents in
+    sae-bench's task, absorbed parents on ground truth), last snapshot; mean ± std over SAEs per trainer."""
+    ok = table[(table["status"] == "ok") & table["metric"].str.match(r"^detect_auc_[a-z_]+$")]
+    if ok.empty:
+        return None
+    ok = ok.assign(name=ok["eval"] + ": " + ok["metric"].str.removeprefix("detect_auc_"))
+    stats = ok.groupby(["name", "trainer"])["value"].agg(["mean", "std"]).reset_index()
+    names = sorted(stats["name"].unique())
+    trainers = sorted(stats["trainer"].unique())[:6]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(names) * max(1, len(trainers)) / 2), 4.0))
+    width = 0.8 / len(trainers)
+    x = np.arange(len(names))
+    for i, trainer in enumerate(trainers):
+        part = stats[stats["trainer"] == trainer].set_index("name").reindex(names)
+        ax.bar(x + i * width, part["mean"], width, yerr=part["std"].fillna(0.0), capsize=2, label=trainer)
+    ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks(x + 0.4 - width / 2, names, rotation=60, ha="right", fontsize=7)
+    ax.set(ylabel="ROC AUC (0.5 = chance)", ylim=(0, 1))
+    ax.legend(fontsize=6)
+    return _save(fig, out)
+
+
 def score_histograms(sae_dirs: list[Path], out: Path) -> Path | None:
     """Histogram of absorption scores s (last snapshot) per SAE, overlaid."""
     snaps = [(d.name, s) for d in sae_dirs if (s := last_fc_snapshot(d)) is not None]

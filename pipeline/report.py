@@ -25,6 +25,11 @@ PLOTS = (  # (file, title, what it shows)
     ("frontier.png", "L0 frontier", "each metric against the L0 target, one line per trainer; error bars: seed std "
      "(thick) and eval noise (thin, orange)"),
     ("absorption_per_letter.png", "Absorption per first letter", "sae-bench absorption fraction, mean over seeds"),
+    ("detection.png", "Which tracker statistic finds absorption",
+     "ROC AUC of each statistic (last snapshot) at picking out absorbing latents (sae-bench) or absorbed "
+     "parents (ground truth) and main first-letter latents; mean ± std over SAEs; dashed: chance"),
+    ("absorbing_scatter.png", "Frequency vs consistency of the latents the absorption eval named",
+     "per latent, last tracker snapshot; red: absorbing latents, blue: main first-letter latents (seed-0 SAEs)"),
     ("fc_scatter.png", "Frequency vs consistency", "per latent, last tracker snapshot; contours: s = f (1 - c)"),
     ("score_histograms.png", "Absorption scores", "histogram of s per SAE, last tracker snapshot"),
     ("split_events.png", "Split events", "cumulative FC splits over training steps"),
@@ -123,15 +128,18 @@ def report(cfg: RunConfig, run_dir: str | Path) -> Path:
     out = run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     sae_dirs = list_sae_folders(run_dir)
+    shown = plots.representative(sae_dirs)  # per-SAE plots: seed-0 SAEs first, at most 9
     baseline = "topk" if "topk" in set(table["trainer"]) else str(table["trainer"].iloc[0])
     made = {
         "summary.png": plots.summary_bars(table, out / "summary.png"),
         "frontier.png": plots.frontier(table, out / "frontier.png"),
         "absorption_per_letter.png": plots.absorption_per_letter(table, out / "absorption_per_letter.png"),
-        "fc_scatter.png": plots.fc_scatter(sae_dirs, out / "fc_scatter.png"),
-        "score_histograms.png": plots.score_histograms(sae_dirs, out / "score_histograms.png"),
+        "detection.png": plots.detection_bars(table, out / "detection.png"),
+        "absorbing_scatter.png": plots.absorbing_scatter(run_dir, shown, out / "absorbing_scatter.png"),
+        "fc_scatter.png": plots.fc_scatter(shown, out / "fc_scatter.png"),
+        "score_histograms.png": plots.score_histograms(shown, out / "score_histograms.png"),
         "split_events.png": plots.split_events(sae_dirs, out / "split_events.png"),
-        "training_curves.png": plots.training_curves(sae_dirs, out / "training_curves.png"),
+        "training_curves.png": plots.training_curves(shown, out / "training_curves.png"),
         "synthetic_absorption_by_depth.png": plots.absorption_by_depth(table, out / "synthetic_absorption_by_depth.png"),
     }
     figures, missing = [], []

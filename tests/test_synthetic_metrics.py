@@ -212,3 +212,25 @@ def test_lost_below_treats_a_faint_carry_as_lost(truth, G_BF):
     assert torch.allclose(strict.share_P[absorbed_P], expected_P, atol=1e-5)
     assert torch.allclose(floored.lost_P[absorbed_P], expected_P, atol=1e-5)
     assert (floored.share_P[absorbed_P] < 1e-6).all()
+
+
+def test_detection_aucs_score_the_last_snapshot_and_earlier_points_of_training():
+    import numpy as np
+    import pandas as pd
+
+    from eval.detection import detection_aucs
+
+    m = 40
+    positives = np.zeros(m, dtype=bool)
+    positives[:10] = True
+    frames = []
+    for step in (0, 25, 50, 75, 100):
+        informative = step >= 75  # the statistic separates only late in training
+        freq = np.where(positives, 1.0, 0.0) if informative else (np.arange(m) % 2).astype(float)
+        frames.append(pd.DataFrame({"step": step, "latent": np.arange(m), "frequency": freq,
+                                    "consistency": 1.0 - freq}))
+    aucs = detection_aucs(pd.concat(frames), positives)
+    assert aucs["detect_auc_frequency"] == 1.0 and aucs["detect_auc_inconsistency"] == 1.0
+    assert aucs["detect_auc_frequency@75"] == 1.0
+    assert aucs["detect_auc_frequency@25"] == aucs["detect_auc_frequency@50"] == 0.5
+    assert "detect_auc_hole_rate" not in aucs  # not recorded, not reported
