@@ -4,7 +4,8 @@ the tracker's memory.
 One TopK step = forward, AuxK, backward, decoder-gradient projection, Adam, decoder renorm.
 Variants: + the f/c tracker update (sparse path; FC-TopK, with its split events amortised over
 ``resample_every`` steps); + the hole statistics on ``hole_rows`` rows; and encoder suppression
-(weights only) amortised over ``suppression_every`` steps. Steps of every variant alternate in
+(weights only) amortised over ``suppression_every`` steps; + the exclusion statistic (co-firing of
+``neighbours`` decoder neighbours, refresh amortised). Steps of every variant alternate in
 blocks so that machine load affects them alike; CPU time is reported next to wall time because the
 CPU may be shared. Target: each ratio <= 1.10.
 
@@ -45,6 +46,8 @@ def main() -> None:
     ap.add_argument("--resample-every", type=int, default=250)
     ap.add_argument("--hole-rows", type=int, default=256)
     ap.add_argument("--suppression-every", type=int, default=500)
+    ap.add_argument("--neighbours", type=int, default=8, help="decoder neighbours of the exclusion statistic")
+    ap.add_argument("--neighbour-every", type=int, default=250, help="steps between neighbour refreshes")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     args = ap.parse_args()
@@ -57,12 +60,15 @@ def main() -> None:
     model = build_sae("topk", cfg, args.d, torch.Generator().manual_seed(0)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     tracker = FrequencyConsistencyTracker(args.m, args.d, device=device, hole_rows=args.hole_rows)
+    excl_tracker = FrequencyConsistencyTracker(args.m, args.d, device=device, hole_rows=args.hole_rows,
+                                               neighbours=args.neighbours)
+    excl_tracker.refresh_neighbours(model.W_dec.data)
     x_BD = torch.randn(args.batch, args.d, device=device)
     dead_M = torch.zeros(args.m, dtype=torch.bool, device=device)
     dead_M[: args.m // 50] = True  # a few dead latents so AuxK does its work, as in training
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    variants = ("topk", "fc", "fc+holes")
+    variants = ("topk", "fc", "fc+holes", "fc+holes+exclusion")
 
     def step(variant: str) -> None:
         with autocast:
@@ -73,8 +79,9 @@ def main() -> None:
         optimizer.step()
         model.normalise_decoder()
         if variant != "topk":
-            tracker.update_sparse(x_BD, out.sparse.rows_N, out.sparse.latents_N, out.sparse.values_N,
-                                  model.b_dec.data, W_dec_MD=model.W_dec.data if variant == "fc+holes" else None)
+            which = excl_tracker if variant == "fc+holes+exclusion" else tracker
+            which.update_sparse(x_BD, out.sparse.rows_N, out.sparse.latents_N, out.sparse.values_N,
+                                model.b_dec.data, W_dec_MD=model.W_dec.data if variant != "fc" else None)
 
     for variant in variants * 2:  # warm-up
         step(variant)
@@ -103,8 +110,13 @@ def main() -> None:
     encoder_suppression(model.W_enc.data, model.W_dec.data)
     sync(device)
     suppression_s = time.perf_counter() - t0
+    sync(device)
+    t0 = time.perf_counter()
+    excl_tracker.refresh_neighbours(model.W_dec.data)
+    sync(device)
+    refresh_s = time.perf_counter() - t0
 
-    base, fc, holes = (wall[v] / n for v in variants)
+    base, fc, holes, excl = (wall[v] / n for v in variants)
     fc_amortised = fc + split_s / args.resample_every
     sae_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     adam_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
@@ -113,6 +125,8 @@ def main() -> None:
     print(f"TopK step      {base * 1e3:8.1f} ms wall  {cpu['topk'] / n * 1e3:8.1f} ms cpu")
     print(f"FC-TopK step   {fc * 1e3:8.1f} ms wall  {cpu['fc'] / n * 1e3:8.1f} ms cpu  (f/c tracker update included)")
     print(f"+ hole stats   {holes * 1e3:8.1f} ms wall  {cpu['fc+holes'] / n * 1e3:8.1f} ms cpu  ({args.hole_rows} rows)")
+    print(f"+ exclusion    {excl * 1e3:8.1f} ms wall  {cpu['fc+holes+exclusion'] / n * 1e3:8.1f} ms cpu  "
+          f"({args.neighbours} neighbours; refresh {refresh_s * 1e3:.1f} ms every {args.neighbour_every} steps)")
     print(f"split event    {split_s * 1e3:8.1f} ms ({len(result.rows)} splits), amortised over "
           f"{args.resample_every} steps: {split_s / args.resample_every * 1e3:.2f} ms/step")
     print(f"suppression    {suppression_s * 1e3:8.1f} ms, amortised over {args.suppression_every} steps: "
@@ -121,8 +135,12 @@ def main() -> None:
           f"{cpu['fc'] / cpu['topk']:.3f} cpu   target <= 1.10")
     print(f"ratio hole statistics / FC-TopK: {holes / fc:.3f} wall, {cpu['fc+holes'] / cpu['fc']:.3f} cpu   "
           f"target <= 1.10")
+    excl_amortised = excl + refresh_s / args.neighbour_every
+    print(f"ratio exclusion / hole stats:   {excl_amortised / holes:.3f} wall (amortised refresh), "
+          f"{cpu['fc+holes+exclusion'] / cpu['fc+holes']:.3f} cpu   target <= 1.10")
     print(f"ratio encoder suppression:      {(base + suppression_s / args.suppression_every) / base:.3f} "
           f"(amortised, vs a TopK step)   target <= 1.10")
+    print(f"exclusion tracker memory {excl_tracker.extra_bytes / 2**20:.1f} MiB")
     print(f"tracker memory {tracker.extra_bytes / 2**20:.1f} MiB = {tracker.extra_bytes / sae_bytes:.2f} x SAE params "
           f"({sae_bytes / 2**20:.1f} MiB), {tracker.extra_bytes / (sae_bytes + adam_bytes):.2f} x params + Adam")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 HISTORY_STATISTICS = {"absorption_score": 1.0, "frequency": 1.0, "consistency": -1.0, "hole_rate": 1.0,
-                      "hole_score": 1.0, "encoder_suppression": 1.0}
+                      "hole_score": 1.0, "encoder_suppression": 1.0, "exclusion": 1.0}
 """fc_history columns scored (sign: higher means "more likely flagged"; consistency is flipped and
 reported as inconsistency)."""
 

@@ -221,3 +221,89 @@ def test_a_suppressed_parent_encoder_scores_high():
     W_enc[:, 0] = parent - 0.8 * child_part  # the parent's encoder is turned away from the child
     suppressed = encoder_suppression(W_enc, W_dec)
     assert float(suppressed[0]) > 0.3 and float(suppressed[0]) > float(scores[0]) + 0.3
+
+
+@pytest.mark.parametrize("codes", ["dense", "topk"])
+def test_exclusion_matches_reference_loop(codes):
+    """Top-r decoder neighbours by cosine, pair co-firing EMAs on the sampled rows, and
+    max_j cos+ (1 - C_ij / (f_i f_j))+, against plain per-latent loops."""
+    gen = torch.Generator().manual_seed(11)
+    hole_rows, r = 6, 3
+    tracker = FrequencyConsistencyTracker(M, D, beta=BETA, hole_rows=hole_rows, neighbours=r)
+    W_dec = torch.randn(M, D, generator=gen)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    tracker.refresh_neighbours(W_dec, chunk=5)  # chunks smaller than M exercise the chunking
+    freq = [0.0] * M
+    cofire = {}
+    cos = (W_dec @ W_dec.T).tolist()
+    nbrs = [sorted((j for j in range(M) if j != i), key=lambda j: -cos[i][j])[:r] for i in range(M)]
+    assert [sorted(n) for n in tracker.neighbours_MR.tolist()] == [sorted(n) for n in nbrs]
+    for _ in range(STEPS):
+        x = torch.randn(B, D, generator=gen)
+        if codes == "dense":
+            a = torch.randn(B, M, generator=gen).relu() * (torch.rand(B, M, generator=gen) > 0.5)
+            tracker.update(x, a, None, W_dec_MD=W_dec)
+        else:
+            a, idx, vals = topk_codes(gen)
+            tracker.update(x, None, None, active_idx_BK=idx, active_val_BK=vals, W_dec_MD=W_dec)
+        fires = (a.abs() > 0).tolist()
+        for i in range(M):
+            freq[i] = BETA * freq[i] + (1 - BETA) * sum(row[i] for row in fires) / B
+            for j in nbrs[i]:
+                both = sum(row[i] and row[j] for row in fires[:hole_rows]) / hole_rows
+                cofire[i, j] = BETA * cofire.get((i, j), 0.0) + (1 - BETA) * both
+    expected = []
+    for i in range(M):
+        best = 0.0
+        for j in nbrs[i]:
+            ratio = cofire[i, j] / (freq[i] * freq[j]) if freq[i] * freq[j] > 0 else 1.0
+            best = max(best, max(cos[i][j], 0.0) * max(1.0 - ratio, 0.0))
+        expected.append(best)
+    torch.testing.assert_close(tracker.exclusion, torch.tensor(expected), atol=1e-5, rtol=1e-4)
+    assert float(tracker.exclusion.max()) > 0
+    assert "exclusion" in tracker.statistics()
+    # state round trip; surgery forgets the latent's pairs and the pairs that point at it
+    clone = FrequencyConsistencyTracker(M, D, beta=BETA, hole_rows=hole_rows, neighbours=r)
+    clone.load_state_dict(tracker.state_dict())
+    torch.testing.assert_close(clone.exclusion, tracker.exclusion)
+    target = int(tracker.neighbours_MR[0, 0])
+    tracker.reset([target])
+    assert float(tracker._cofire_MR[target].abs().sum()) == 0.0
+    assert float(tracker._cofire_MR[tracker.neighbours_MR == target].abs().sum()) == 0.0
+    # a refresh with the same decoder keeps every pair's co-firing EMA
+    before = clone._cofire_MR.clone()
+    clone.refresh_neighbours(W_dec)
+    torch.testing.assert_close(clone._cofire_MR.sum(1), before.sum(1))
+
+
+def test_exclusion_flags_a_pair_that_never_fires_together():
+    m, d = 4, 3
+    tracker = FrequencyConsistencyTracker(m, d, beta=0.0, hole_rows=4, neighbours=1)
+    W_dec = torch.tensor([[1.0, 0, 0], [0.8, 0.6, 0], [0, 0, 1.0], [0, 0.6, -0.8]])
+    tracker.refresh_neighbours(W_dec)
+    a = torch.tensor([[1.0, 0, 1, 1], [0, 1, 1, 1], [1, 0, 1, 1], [0, 1, 1, 1]])  # 0 and 1 exclude each other
+    tracker.update(torch.randn(4, d), a, None, W_dec_MD=W_dec)
+    ex = tracker.exclusion
+    assert ex[0] == pytest.approx(0.8) and ex[1] == pytest.approx(0.8)
+    assert ex[2] == 0.0 and ex[3] == 0.0  # 2 and 3 always fire together: R = 1
+
+
+def test_training_with_neighbours_records_exclusion_in_the_history(tmp_path):
+    import dataclasses
+
+    import pandas as pd
+
+    from pipeline.config import get_preset
+    from trainers.config import TrackerConfig
+    from trainers.data import InMemoryActivations
+    from trainers.export import ModelInfo
+    from trainers.loop import train_sae
+
+    cfg = get_preset("tiny").train
+    cfg = dataclasses.replace(cfg, n_tokens=4096, tracker=TrackerConfig(beta=0.9, hole_rows=64, neighbours=4,
+                                                                         neighbour_every=4))
+    source = InMemoryActivations(torch.randn(2048, 16, generator=torch.Generator().manual_seed(0)))
+    train_sae(source, cfg, "topk", 0, tmp_path / "sae", ModelInfo("synthetic"), progress=False)
+    hist = pd.read_parquet(tmp_path / "sae" / "fc_history.parquet")
+    last = hist[hist["step"] == hist["step"].max()]
+    assert "exclusion" in hist and last["exclusion"].notna().all() and (last["exclusion"] >= 0).all()

@@ -37,6 +37,11 @@ class TrackerConfig:
     suppression_every: int = 0
     """Steps between encoder-suppression computations at tracker snapshots (weights only, O(M^2 D));
     0: only at the last snapshot."""
+    neighbours: int = 0
+    """Decoder neighbours per latent for the exclusion statistic (co-firing counted on the hole_rows
+    sample; 0: off)."""
+    neighbour_every: int = 250
+    """Steps between refreshes of the decoder neighbours (O(M^2 D) each)."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.beta < 1.0, f"train.tracker.beta must be in [0, 1), got {self.beta}")
@@ -47,6 +52,10 @@ class TrackerConfig:
                f"train.tracker.projection_dim must be None or > 0, got {self.projection_dim}")
         _check(self.hole_rows >= 0, f"train.tracker.hole_rows must be >= 0, got {self.hole_rows}")
         _check(self.suppression_every >= 0, f"train.tracker.suppression_every must be >= 0, got {self.suppression_every}")
+        _check(self.neighbours >= 0, f"train.tracker.neighbours must be >= 0, got {self.neighbours}")
+        _check(self.neighbours == 0 or self.hole_rows > 0,
+               "train.tracker.neighbours needs train.tracker.hole_rows > 0 (co-firing is counted on that sample)")
+        _check(self.neighbour_every > 0, f"train.tracker.neighbour_every must be > 0, got {self.neighbour_every}")
 
 
 @dataclass

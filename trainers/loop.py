@@ -96,7 +96,7 @@ class _Run:
         t = cfg.tracker
         self.tracker = FrequencyConsistencyTracker(cfg.d_sae, d_in, beta=t.beta, tau_act=t.tau_act, mode=t.mode,
                                                    projection_dim=t.projection_dim, device=device,
-                                                   hole_rows=t.hole_rows)
+                                                   hole_rows=t.hole_rows, neighbours=t.neighbours)
         self.tokens_since_fired_M = torch.zeros(cfg.d_sae, dtype=torch.long, device=device)
         self.touched_at_M = torch.full((cfg.d_sae,), -(10**9), dtype=torch.long)
         self.reservoir_RD = torch.zeros(cfg.reservoir_rows, d_in, device=device)
@@ -334,6 +334,8 @@ def _bookkeep(run: _Run, x_BD: torch.Tensor, out: StepOutput, lr: float, log_fil
     """Tracker update, dead-latent counters, reservoir, the step's log line and tracker snapshots."""
     cfg, step = run.cfg, run.step
     center_D = run.model.b_dec.data
+    if cfg.tracker.neighbours and (run.tracker.neighbours_MR is None or step % cfg.tracker.neighbour_every == 0):
+        run.tracker.refresh_neighbours(run.model.W_dec.data)
     if out.sparse is not None:
         tstep = run.tracker.update_sparse(x_BD, out.sparse.rows_N, out.sparse.latents_N, out.sparse.values_N,
                                           center_D, W_dec_MD=run.model.W_dec.data)

@@ -23,6 +23,12 @@ present_bi = p_bi > 0.5 mu_i; H_i <- beta H_i + (1 - beta) sum_b present_bi and 
 P_i <- beta P_i + (1 - beta) sum_b present_bi; ``hole_rate`` = H_i / P_i (0 without evidence) and
 ``hole_score`` = f_i * hole_rate. Cost: one (hole_rows x M x D) matmul per step, 4 M floats.
 
+Exclusion among decoder neighbours (``neighbours`` = r > 0): each latent keeps its top-r decoder
+neighbours by cosine (refreshed by :meth:`refresh_neighbours`, O(M^2 D) in chunks, every few hundred
+steps) and an EMA C_ij of how often i and j fire together on the sampled rows; with R_ij = C_ij /
+(f_i f_j) (1 for independent latents, 0 for mutually exclusive ones), ``exclusion`` =
+max_j cos+(d_i, d_j) (1 - R_ij)+. Cost per step: an (M x r x hole_rows) boolean gather; 3 M r numbers.
+
 :func:`encoder_suppression` (weights only, computed at snapshots): with unit decoder rows D and unit
 encoder columns E, G = D D^T, H = E D^T, supp_pc = (H_pc - G_pc H_pp) / sqrt(1 - G_pc^2) (p's
 encoder along the part of d_c orthogonal to d_p) and g_p = max_c G+_pc (-supp_pc)+: how strongly a
@@ -51,7 +57,8 @@ class TrackerStep(NamedTuple):
 class FrequencyConsistencyTracker:
     def __init__(self, d_sae: int, d_in: int, beta: float = 0.99, tau_act: float = 0.0,
                  mode: str = "direction", projection_dim: int | None = None,
-                 device: str | torch.device = "cpu", projection_seed: int = 0, hole_rows: int = 0):
+                 device: str | torch.device = "cpu", projection_seed: int = 0, hole_rows: int = 0,
+                 neighbours: int = 0):
         if mode not in ("direction", "seed"):
             raise ValueError(f"tracker mode must be direction or seed, got {mode!r}")
         if not 0.0 <= beta < 1.0:
@@ -70,6 +77,14 @@ class FrequencyConsistencyTracker:
         self.hole_rows = hole_rows
         # hole statistics: firing count and projection sum on the sampled rows, present and hole counts
         self._hole_MK = torch.zeros(d_sae, 4, device=device) if hole_rows else None
+        if neighbours and not hole_rows:
+            raise ValueError("the exclusion statistic counts co-firing on the hole_rows sample: set hole_rows > 0")
+        self.neighbours = min(neighbours, d_sae - 1)
+        # exclusion among decoder neighbours: top-r neighbour ids and cosines (set by refresh_neighbours)
+        # and the EMA of each pair's co-firing rate on the sampled rows
+        self.neighbours_MR: torch.Tensor | None = None
+        self._nbr_cos_MR: torch.Tensor | None = None
+        self._cofire_MR = torch.zeros(d_sae, self.neighbours, device=device) if self.neighbours else None
 
     # ---- statistics ---------------------------------------------------------------------
     @property
@@ -120,16 +135,64 @@ class FrequencyConsistencyTracker:
         rate_M = self.hole_rate
         return None if rate_M is None else self._freq_M * rate_M
 
+    @property
+    def exclusion(self) -> torch.Tensor | None:
+        """max_j cos+(d_i, d_j) (1 - C_ij / (f_i f_j))+ over the top-r decoder neighbours j: high when a
+        close neighbour fires much less often together with i than chance (a parent and the child that
+        absorbed it, or siblings). 0 without co-firing evidence; None when not kept."""
+        if self.neighbours_MR is None:
+            return None if self._cofire_MR is None else torch.zeros_like(self._freq_M)
+        f_M = self._freq_M
+        expected_MR = f_M[:, None] * f_M[self.neighbours_MR]
+        ratio_MR = torch.where(expected_MR > 0, self._cofire_MR / expected_MR.clamp_min(torch.finfo(f_M.dtype).tiny),
+                               torch.ones_like(expected_MR))
+        return (self._nbr_cos_MR * (1.0 - ratio_MR).clamp_min(0.0)).max(1).values
+
     def statistics(self) -> dict[str, torch.Tensor]:
         """Every per-latent statistic the tracker keeps (the columns of fc_history.parquet)."""
         out = {"frequency": self.frequency, "consistency": self.consistency, "absorption_score": self.absorption_score}
         if self._hole_MK is not None:
             out["hole_rate"], out["hole_score"] = self.hole_rate, self.hole_score
+        if self._cofire_MR is not None:
+            out["exclusion"] = self.exclusion
         return out
+
+    @torch.no_grad()
+    def refresh_neighbours(self, W_dec_MD: torch.Tensor, chunk: int = 1024) -> None:
+        """Recompute each latent's top-r decoder neighbours by cosine (O(M^2 D) in row chunks); a pair
+        that stays keeps its co-firing EMA, a new pair starts from 0."""
+        if self._cofire_MR is None:
+            return
+        D_MD = W_dec_MD.detach().float()
+        D_MD = D_MD / D_MD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        m, r = D_MD.shape[0], self.neighbours
+        ids_MR = torch.empty(m, r, dtype=torch.long, device=D_MD.device)
+        cos_MR = torch.empty(m, r, device=D_MD.device)
+        for start in range(0, m, chunk):
+            rows = slice(start, min(start + chunk, m))
+            G_CM = D_MD[rows] @ D_MD.T
+            G_CM[torch.arange(G_CM.shape[0]), torch.arange(rows.start, rows.stop)] = -float("inf")  # not itself
+            top = G_CM.topk(r, dim=1)
+            ids_MR[rows], cos_MR[rows] = top.indices, top.values
+        if self.neighbours_MR is not None:
+            same_MRR = ids_MR[:, :, None] == self.neighbours_MR[:, None, :]
+            self._cofire_MR = (same_MRR * self._cofire_MR[:, None, :]).sum(-1)
+        self.neighbours_MR, self._nbr_cos_MR = ids_MR, cos_MR.clamp_min(0.0)
+
+    def _fold_cofiring(self, s: int, rows_N: torch.Tensor, latents_N: torch.Tensor) -> None:
+        """Co-firing rate of each (latent, neighbour) pair on the s sampled rows, folded into the EMA."""
+        if self.neighbours_MR is None or s == 0:
+            return
+        A_MS = torch.zeros(self.d_sae, s, dtype=torch.bool, device=self._freq_M.device)
+        A_MS[latents_N, rows_N] = True
+        both_MRS = A_MS[:, None, :] & A_MS[self.neighbours_MR]
+        rate_MR = both_MRS.sum(-1, dtype=self._cofire_MR.dtype) / s
+        self._cofire_MR.mul_(self.beta).add_(rate_MR, alpha=1.0 - self.beta)
 
     @property
     def extra_bytes(self) -> int:
-        tensors = [self._freq_M, self._count_M, self._sum_MP, self._sq_M, self.projection_DP, self._hole_MK]
+        tensors = [self._freq_M, self._count_M, self._sum_MP, self._sq_M, self.projection_DP, self._hole_MK,
+                   self.neighbours_MR, self._nbr_cos_MR, self._cofire_MR]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def _input_vectors(self, x_BD: torch.Tensor, center_D: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -168,6 +231,7 @@ class FrequencyConsistencyTracker:
             s = min(self.hole_rows, b)
             rows_N, latents_N = torch.nonzero(a_BM[:s] > 0, as_tuple=True)
             self._fold_holes(x_BD[:s], rows_N, latents_N, W_dec_MD, center_D)
+            self._fold_cofiring(s, rows_N, latents_N)
         return self._fold(b, fires_M, a_BM.T @ v_BP, batch_sq_M)
 
     @torch.no_grad()
@@ -182,6 +246,7 @@ class FrequencyConsistencyTracker:
             s = min(self.hole_rows, b)
             in_sample_N = (rows_N < s) & (a_N > 0)
             self._fold_holes(x_BD[:s], rows_N[in_sample_N], latents_N[in_sample_N], W_dec_MD, center_D)
+            self._fold_cofiring(s, rows_N[in_sample_N], latents_N[in_sample_N])
         fires_M = torch.zeros(self.d_sae, device=x_BD.device).index_add_(0, latents_N, a_N)
         a_MB = torch.sparse_coo_tensor(torch.stack([latents_N, rows_N]), a_N, (self.d_sae, b), check_invariants=False)
         batch_sum_MP = torch.sparse.mm(a_MB, v_BP)
@@ -228,15 +293,19 @@ class FrequencyConsistencyTracker:
     def reset(self, latent_ids: torch.Tensor | list[int]) -> None:
         """Forget everything about these latents (after surgery their statistics are stale)."""
         ids = torch.as_tensor(latent_ids, dtype=torch.long, device=self._freq_M.device)
-        for t in (self._freq_M, self._count_M, self._sum_MP, self._sq_M, self._hole_MK):
+        for t in (self._freq_M, self._count_M, self._sum_MP, self._sq_M, self._hole_MK, self._cofire_MR):
             if t is not None:
                 t[ids] = 0.0
+        if self.neighbours_MR is not None:  # pairs whose neighbour was rewritten start over too
+            self._cofire_MR[torch.isin(self.neighbours_MR, ids)] = 0.0
 
     def state_dict(self) -> dict[str, torch.Tensor | None]:
         return {"frequency": self._freq_M.clone(), "count": self._count_M.clone(),
                 "sums": self._sum_MP.clone(), "sq_sums": None if self._sq_M is None else self._sq_M.clone(),
                 "projection": None if self.projection_DP is None else self.projection_DP.clone(),
-                "holes": None if self._hole_MK is None else self._hole_MK.clone()}
+                "holes": None if self._hole_MK is None else self._hole_MK.clone(),
+                "neighbours": None if self.neighbours_MR is None else
+                (self.neighbours_MR.clone(), self._nbr_cos_MR.clone(), self._cofire_MR.clone())}
 
     def load_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:
         if state["sums"].shape != self._sum_MP.shape:
@@ -249,6 +318,9 @@ class FrequencyConsistencyTracker:
         self.projection_DP = None if state["projection"] is None else state["projection"].to(dev).clone()
         if self._hole_MK is not None and state.get("holes") is not None:
             self._hole_MK = state["holes"].to(dev).clone()
+        if self._cofire_MR is not None and state.get("neighbours") is not None:
+            ids_MR, cos_MR, cofire_MR = state["neighbours"]
+            self.neighbours_MR, self._nbr_cos_MR, self._cofire_MR = ids_MR.to(dev), cos_MR.to(dev), cofire_MR.to(dev)
 
 
 @torch.no_grad()
