@@ -85,70 +85,79 @@ def _ordered(frame: pd.DataFrame, trainers: list[str] | None, baseline: str) -> 
     return [t for t in (trainers or found) if t in found]
 
 
-def headline_markdown(table: pd.DataFrame, baseline: str = "topk", trainers: list[str] | None = None) -> str:
-    """One markdown table per eval (rows trainer @ k, columns the headline metrics)."""
+class Cell(NamedTuple):
+    first: str
+    """mean ± std (eval ± e)"""
+    second: str
+    """Δ and interval against the baseline ('' for the baseline itself)"""
+    better: bool | None
+    """True/False when the interval excludes 0 on the better/worse side; None otherwise."""
+
+
+def _tables(table: pd.DataFrame, baseline: str, trainers: list[str] | None
+            ) -> list[tuple[str, list[Headline], list[tuple[str, str, int, list[Cell | None]]]]]:
+    """Per eval: its headline metrics and rows (trainer, k label, n, one Cell or None per metric)."""
     frame = headline_frame(table, baseline, trainers)
     if frame.empty:
-        return "(no headline metrics in this table)\n"
-    blocks = []
+        return []
+    out = []
     for ev in dict.fromkeys(frame["eval"]):
         heads = [h for h in present(table) if h.eval == ev]
         part = frame[frame["eval"] == ev]
-        lines = ["| trainer | k | n | " + " | ".join(f"{h.label} {ARROWS[h.direction]}".strip() for h in heads) + " |",
-                 "|---|---|---|" + "---|" * len(heads)]
+        rows = []
         for k in sorted(part["k"].unique()):
             for trainer in _ordered(part, trainers, baseline):
-                rows = part[(part["trainer"] == trainer) & (part["k"] == k)].set_index("metric")
-                if rows.empty:
+                hits = part[(part["trainer"] == trainer) & (part["k"] == k)].set_index("metric")
+                if hits.empty:
                     continue
-                cells = []
+                cells: list[Cell | None] = []
                 for h in heads:
-                    if h.metric not in rows.index:
-                        cells.append("–")
+                    if h.metric not in hits.index:
+                        cells.append(None)
                         continue
-                    first, second = cell_text(rows.loc[h.metric], baseline)
-                    cells.append(first + (f"<br>{second}" if second else ""))
-                kk = "–" if k < 0 else str(k)
-                lines.append(f"| {trainer} | {kk} | {int(rows['n'].max())} | " + " | ".join(cells) + " |")
+                    r = hits.loc[h.metric]
+                    first, second = cell_text(r, baseline)
+                    better = None
+                    if second and h.direction and not math.isnan(r["ci_low"]) and (r["ci_low"] > 0 or r["ci_high"] < 0):
+                        better = (r["diff"] > 0) == (h.direction == "up")
+                    cells.append(Cell(first, second, better))
+                rows.append((trainer, "–" if k < 0 else str(k), int(hits["n"].max()), cells))
+        out.append((ev, heads, rows))
+    return out
+
+
+def headline_markdown(table: pd.DataFrame, baseline: str = "topk", trainers: list[str] | None = None) -> str:
+    """One markdown table per eval (rows trainer @ k, columns the headline metrics)."""
+    blocks = []
+    for ev, heads, rows in _tables(table, baseline, trainers):
+        lines = ["| trainer | k | n | " + " | ".join(f"{h.label} {ARROWS[h.direction]}".strip() for h in heads) + " |",
+                 "|---|---|---|" + "---|" * len(heads)]
+        for trainer, k, n, cells in rows:
+            text = ["–" if c is None else c.first + (f"<br>{c.second}" if c.second else "") for c in cells]
+            lines.append(f"| {trainer} | {k} | {n} | " + " | ".join(text) + " |")
         blocks.append(f"**{ev}**\n\n" + "\n".join(lines) + "\n")
-    return "\n".join(blocks)
+    return "\n".join(blocks) if blocks else "(no headline metrics in this table)\n"
 
 
 def headline_html(table: pd.DataFrame, baseline: str = "topk", trainers: list[str] | None = None) -> str:
     """The same tables as HTML (each in a horizontally scrolling box so the page keeps its width)."""
-    frame = headline_frame(table, baseline, trainers)
-    if frame.empty:
-        return "<p>No headline metrics in this run.</p>"
     blocks = []
-    for ev in dict.fromkeys(frame["eval"]):
-        heads = [h for h in present(table) if h.eval == ev]
-        part = frame[frame["eval"] == ev]
+    for ev, heads, rows in _tables(table, baseline, trainers):
         head = "".join(f"<th>{html.escape(h.label)} {ARROWS[h.direction]}</th>" for h in heads)
         body = []
-        for k in sorted(part["k"].unique()):
-            for trainer in _ordered(part, trainers, baseline):
-                rows = part[(part["trainer"] == trainer) & (part["k"] == k)].set_index("metric")
-                if rows.empty:
+        for trainer, k, n, cells in rows:
+            tds = []
+            for c in cells:
+                if c is None:
+                    tds.append("<td>–</td>")
                     continue
-                cells = []
-                for h in heads:
-                    if h.metric not in rows.index:
-                        cells.append("<td>–</td>")
-                        continue
-                    first, second = cell_text(rows.loc[h.metric], baseline)
-                    cls = ""
-                    r = rows.loc[h.metric]
-                    if second and not math.isnan(r["ci_low"]) and (r["ci_low"] > 0 or r["ci_high"] < 0):
-                        better = (r["diff"] > 0) == (h.direction == "up") if h.direction else None
-                        cls = {True: ' class="better"', False: ' class="worse"', None: ""}[better]
-                    cells.append(f"<td{cls}>{html.escape(first)}" + (f"<br><small>{html.escape(second)}</small>"
-                                                                    if second else "") + "</td>")
-                kk = "–" if k < 0 else str(k)
-                body.append(f"<tr><th>{html.escape(trainer)}</th><td>{kk}</td><td>{int(rows['n'].max())}</td>"
-                            + "".join(cells) + "</tr>")
+                cls = {True: ' class="better"', False: ' class="worse"', None: ""}[c.better]
+                extra = f"<br><small>{html.escape(c.second)}</small>" if c.second else ""
+                tds.append(f"<td{cls}>{html.escape(c.first)}{extra}</td>")
+            body.append(f"<tr><th>{html.escape(trainer)}</th><td>{k}</td><td>{n}</td>{''.join(tds)}</tr>")
         blocks.append(f'<h3>{html.escape(ev)}</h3><div class="wide"><table class="headline"><tr><th>trainer</th>'
                       f'<th>k</th><th>n</th>{head}</tr>{"".join(body)}</table></div>')
-    return "".join(blocks)
+    return "".join(blocks) if blocks else "<p>No headline metrics in this run.</p>"
 
 
 LEGEND = ("mean ± std over seeds (n seeds); eval ± the eval's own noise per SAE (spread over k-sparse-probe "
