@@ -32,6 +32,8 @@ class Study:
     """Absorption metric the verdict is about (lower is better)."""
     reconstruction: str
     """Reconstruction metric that must not get worse (higher is better)."""
+    reconstruction_eval: str
+    """The eval that reports ``reconstruction`` (and ``l0`` where it reports one)."""
     plot: str | None = None
     """Frontier plot written beside RESULTS.md (relative path), if the table has several L0s."""
 
@@ -66,19 +68,38 @@ def _side(r: pd.Series | None) -> int:
     return -1 if r["ci_high"] < 0 else (1 if r["ci_low"] > 0 else 0)
 
 
+RECONSTRUCTION_TOLERANCE = 0.01
+"""A reconstruction loss larger than this (interval entirely below -tolerance) is called a cost."""
+L0_TOLERANCE = 0.1
+"""Measured L0 more than 10% away from the baseline's: the comparison is not at equal L0."""
+
+
+def _caveats(recon: pd.DataFrame, l0: pd.DataFrame, trainer: str, k: int, study: Study) -> str:
+    """Reconstruction and L0 beside an absorption verdict: absorption alone can be bought by a worse SAE."""
+    parts = []
+    rec = _row(recon, trainer, k, study.reconstruction)
+    if rec is not None and rec["n_pairs"]:
+        cost = not math.isnan(rec["ci_high"]) and rec["ci_high"] < -RECONSTRUCTION_TOLERANCE
+        parts.append(f"{study.reconstruction} Δ {_interval(rec)}" + (" — **a reconstruction cost**" if cost else ""))
+    own, base = _row(l0, trainer, k, "l0"), _row(l0, "topk", k, "l0")
+    if own is not None and base is not None and base["mean"] > 0 and abs(own["mean"] / base["mean"] - 1) > L0_TOLERANCE:
+        parts.append(f"**not at equal L0**: measured L0 {own['mean']:.1f} vs {base['mean']:.1f}")
+    return "; ".join(parts)
+
+
 def verdicts(study: Study, baseline: str = "topk") -> list[str]:
-    """One plain sentence per FC arm and L0 (and one for Matryoshka), worded from the intervals."""
-    metrics = [study.primary, study.reconstruction]
-    vs_base = paired_comparison(study.table, metrics, baseline, study.eval)
+    """One plain sentence per FC arm and L0 (and one for Matryoshka), worded from the intervals, with
+    the reconstruction change and any L0 mismatch beside it."""
+    vs_base = paired_comparison(study.table, [study.primary], baseline, study.eval)
     if vs_base.empty:
         return ["No rows for this eval."]
+    other = paired_comparison(study.table, [study.reconstruction, "l0"], baseline, study.reconstruction_eval)
     lines = []
     for arm, control in controls_in(study.table).items():
-        vs_ctl = paired_comparison(study.table[study.table["trainer"].isin([arm, control])], metrics, control,
-                                   study.eval)
+        vs_ctl = paired_comparison(study.table[study.table["trainer"].isin([arm, control])], [study.primary],
+                                   control, study.eval)
         for k in sorted(vs_base.loc[vs_base["trainer"] == arm, "k"].unique()):
             a, c = _row(vs_base, arm, k, study.primary), _row(vs_ctl, arm, k, study.primary)
-            rec = _row(vs_base, arm, k, study.reconstruction)
             if a is None:
                 continue
             if a["n_pairs"] == 0:
@@ -94,18 +115,19 @@ def verdicts(study: Study, baseline: str = "topk") -> list[str]:
             else:
                 word = "does not change absorption beyond the noise"
             kk = "" if k < 0 else f" at k={k}"
-            tail = f"; {study.reconstruction} Δ {_interval(rec)}" if rec is not None and rec["n_pairs"] else ""
             ctl = f"vs `{control}` Δ {_interval(c)}" if c is not None else ""
             base = f"vs `{baseline}` Δ {_interval(a)}, " if a["n_pairs"] else ""
-            lines.append(f"- `{arm}`{kk} {word} ({study.primary} {base}{ctl}{tail}).")
+            caveat = _caveats(other, other, arm, k, study)
+            lines.append(f"- `{arm}`{kk} {word} ({study.primary} {base}{ctl}){'; ' + caveat if caveat else ''}.")
     for k in sorted(vs_base.loc[vs_base["trainer"] == "matryoshka", "k"].unique()):
-        m, rec = _row(vs_base, "matryoshka", k, study.primary), _row(vs_base, "matryoshka", k, study.reconstruction)
-        if m is None:
+        m = _row(vs_base, "matryoshka", k, study.primary)
+        if m is None or not m["n_pairs"]:
             continue
         word = {-1: "lower", 1: "higher", 0: "not different beyond the noise"}[_side(m)]
         kk = "" if k < 0 else f" at k={k}"
-        tail = f"; {study.reconstruction} Δ {_interval(rec)}" if rec is not None else ""
-        lines.append(f"- `matryoshka`{kk}: absorption {word} than `{baseline}` ({study.primary} Δ {_interval(m)}{tail}).")
+        caveat = _caveats(other, other, "matryoshka", k, study)
+        lines.append(f"- `matryoshka`{kk}: absorption {word} than `{baseline}` ({study.primary} Δ {_interval(m)})"
+                     f"{'; ' + caveat if caveat else ''}.")
     return lines or ["No FC arm with its control in this table."]
 
 
@@ -132,8 +154,9 @@ def control_table(study: Study) -> str:
     """Each FC arm against its control at each k, paired by seed, for the primary and reconstruction metrics."""
     rows = []
     for arm, control in controls_in(study.table).items():
-        cmp = paired_comparison(study.table[study.table["trainer"].isin([arm, control])],
-                                [study.primary, study.reconstruction], control, study.eval)
+        pair = study.table[study.table["trainer"].isin([arm, control])]
+        cmp = pd.concat([paired_comparison(pair, [study.primary], control, study.eval),
+                         paired_comparison(pair, [study.reconstruction], control, study.reconstruction_eval)])
         for k in sorted(cmp.loc[cmp["trainer"] == arm, "k"].unique()):
             cells = []
             for metric in (study.primary, study.reconstruction):
@@ -147,23 +170,28 @@ def control_table(study: Study) -> str:
 
 
 def detection_table(table: pd.DataFrame, eval_name: str) -> str:
-    """Mean ± std over SAEs of each ``detect_auc_*`` metric, per trainer (0.5 = chance)."""
+    """ROC AUC of each tracker statistic, mean ± std over SAEs: TopK at the end of training and at
+    25/50/75% of it, and the other baselines at the end (0.5 = chance)."""
     ok = table[(table["status"] == "ok") & (table["eval"] == eval_name) & table["metric"].str.startswith("detect_auc_")]
     if ok.empty:
         return "No detection rows (the SAEs have no tracker history).\n"
-    stats = ok.groupby(["metric", "trainer"])["value"].agg(["mean", "std", "count"])
-    trainers = [t for t in ("topk", "matryoshka", "batchtopk") if t in set(ok["trainer"])] or sorted(set(ok["trainer"]))[:3]
-    lines = ["| statistic | " + " | ".join(f"{t} (mean ± std, n)" for t in trainers) + " |",
-             "|---|" + "---|" * len(trainers)]
-    for metric in sorted(ok["metric"].unique()):
+    ok = ok.assign(stat=ok["metric"].str.removeprefix("detect_auc_").str.split("@").str[0],
+                   at=ok["metric"].str.split("@").str[1].fillna("end"))
+    stats = ok.groupby(["stat", "trainer", "at"])["value"].agg(["mean", "std", "count"])
+    columns = [("topk", at) for at in ("25", "50", "75", "end")]
+    columns += [(t, "end") for t in ("matryoshka", "batchtopk") if t in set(ok["trainer"])]
+    columns = [c for c in columns if any((s, *c) in stats.index for s in ok["stat"].unique())]
+    head = " | ".join(f"{t} {'end' if at == 'end' else at + '%'}" for t, at in columns)
+    lines = [f"| statistic | {head} |", "|---|" + "---|" * len(columns)]
+    for stat in sorted(ok["stat"].unique()):
         cells = []
-        for t in trainers:
-            if (metric, t) in stats.index:
-                r = stats.loc[(metric, t)]
+        for t, at in columns:
+            if (stat, t, at) in stats.index:
+                r = stats.loc[(stat, t, at)]
                 cells.append(f"{_fmt(r['mean'])} ± {_fmt(r['std'])} ({int(r['count'])})")
             else:
                 cells.append("–")
-        lines.append(f"| {metric.removeprefix('detect_auc_')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {stat} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -202,9 +230,9 @@ def load_study(kind: str, path: str) -> Study:
     table = pd.read_parquet(path)
     if kind == "synthetic":
         return Study("Ground truth: synthetic hierarchy (synth-fc preset)", table, path, "make run PRESET=synth-fc",
-                     "synthetic", "absorption_rate", "explained_variance")
+                     "synthetic", "absorption_rate", "explained_variance", "synthetic")
     model = ", ".join(sorted(set(table["model"].astype(str))))
     return Study(f"Language model: {model} (experiment preset)", table, path, "make run PRESET=experiment",
-                 "absorption", "mean_absorption_fraction_score", "explained_variance_legacy",
+                 "absorption", "mean_absorption_fraction_score", "explained_variance_legacy", "core",
                  plot="docs/results/frontier_experiment.png")
 

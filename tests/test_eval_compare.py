@@ -66,14 +66,19 @@ def test_results_md_words_the_verdict_from_the_intervals_and_regenerates_identic
     table = _absorption_table(0.05)
     table["model"] = "m"
     study = Study("t", table, "x.parquet", "make run", "absorption", "mean_absorption_fraction_score",
-                  "explained_variance_legacy", plot="frontier.png")
+                  "explained_variance_legacy", "absorption", plot="frontier.png")
     lines = verdicts(study)
     assert any("`fc2sup_topk` at k=32 lowers absorption beyond both" in line for line in lines)
     weak = _absorption_table(0.05)
     weak.loc[weak["trainer"] == "random_repair_topk", "value"] -= 0.05  # the control does just as well
     assert any("not against its control" in line
                for line in verdicts(Study("t", weak, "x", "c", "absorption", "mean_absorption_fraction_score",
-                                          "explained_variance_legacy")))
+                                          "explained_variance_legacy", "absorption")))
+    broken = _absorption_table(0.05)
+    broken.loc[(broken["trainer"] == "fc2sup_topk") & (broken["metric"] == "explained_variance_legacy"), "value"] -= 0.5
+    assert any("a reconstruction cost" in line and "`fc2sup_topk` at k=32" in line
+               for line in verdicts(Study("t", broken, "x", "c", "absorption", "mean_absorption_fraction_score",
+                                          "explained_variance_legacy", "absorption")))
     first = render([study], tmp_path / "RESULTS.md", "fc-sae results-md ...")
     assert (tmp_path / "frontier.png").is_file() and "![frontier](frontier.png)" in first
     assert "| mean_absorption_fraction_score | 0.020 |" in first  # the noise floor table
