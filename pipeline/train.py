@@ -28,8 +28,14 @@ def planned_saes(cfg: RunConfig, trainer: str | None = None, seed: int | None = 
         jobs += [TrainJob(trainer, s, p) for s in cfg.train.seeds for p in dict.fromkeys(j.point for j in jobs)]
     if seed is not None and seed not in {j.seed for j in jobs}:
         jobs += [TrainJob(t, seed, p) for t, p in dict.fromkeys((j.trainer, j.point) for j in jobs)]
-    return [j for j in jobs if (trainer is None or j.trainer == trainer) and (seed is None or j.seed == seed)
-            and (point is None or j.point == point)]
+    chosen = [j for j in jobs if (trainer is None or j.trainer == trainer) and (seed is None or j.seed == seed)
+              and (point is None or j.point == point)]
+    if not chosen:
+        from fc_base.errors import ConfigError
+
+        raise ConfigError(f"the config trains no SAE with trainer={trainer}, seed={seed}, point={point} "
+                          "(see train.sweep: a point may restrict its trainers and seeds)")
+    return chosen
 
 
 def model_info(cfg: RunConfig) -> ModelInfo:

@@ -68,6 +68,10 @@ def test_train_stage_writes_one_folder_per_point_with_its_k(tmp_path):
     assert [j.point for j in planned_saes(cfg, point="k12")] == ["k12"]
     with pytest.raises(ConfigError, match="no sweep point"):
         planned_saes(cfg, point="k99")
+    thinned = get_preset("experiment")
+    with pytest.raises(ConfigError, match="trains no SAE"):
+        planned_saes(thinned, trainer="batchtopk", point="k16")  # batchtopk runs only at k32
+    assert len(planned_saes(thinned, trainer="batchtopk")) == 3
     source = InMemoryActivations(torch.randn(4096, 64, generator=torch.Generator().manual_seed(0)))
     folders = train(cfg, tmp_path, source=source, progress=False)
     assert [f.name for f in folders] == ["topk_k4_s0", "topk_k12_s0"]
