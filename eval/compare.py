@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,6 @@ def paired_comparison(table: pd.DataFrame, metrics: list[str], baseline: str, ev
         rows = rows.assign(k=-1)
     rows = rows.assign(k=rows["k"].fillna(-1).astype(int))
     wide = rows.pivot_table(index=["trainer", "k", "seed"], columns="metric", values="value", aggfunc="first")
-    rng = np.random.default_rng(boot_seed)
     out = []
     for (trainer, k), own in wide.groupby(level=[0, 1]):
         own = own.droplevel([0, 1])
@@ -71,6 +71,9 @@ def paired_comparison(table: pd.DataFrame, metrics: list[str], baseline: str, ev
                 rec.update(diff=d.mean(), n_pairs=len(d))
                 letters = _letter_diffs(own, base, metric, list(pairs.index))
                 if letters is not None and len(d) > 1:
+                    # one generator per cell: an interval does not move when other rows are added
+                    rng = np.random.default_rng([boot_seed, max(int(k), 0), zlib.crc32(trainer.encode()),
+                                                 zlib.crc32(metric.encode())])
                     lo, hi = _bootstrap_ci(letters, rng, n_boot)
                     rec.update(ci_low=lo, ci_high=hi, ci_kind="bootstrap seeds x letters")
                 elif len(d) > 1:
