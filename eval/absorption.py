@@ -274,9 +274,8 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: Absor
 
 
 def _summary(used: list[dict]) -> dict[str, float]:
-    return {"mean_absorption_fraction_score": statistics.mean(r["absorption_fraction"] for r in used),
-            "mean_full_absorption_score": statistics.mean(r["full_absorption_rate"] for r in used),
-            "mean_num_split_features": statistics.mean(r["num_split_features"] for r in used)}
+    """sae-bench's summary metrics: the mean over the letters used of each per-letter metric."""
+    return {name: statistics.mean(r[key] for r in used) for name, key in zip(SUMMARY_METRICS, LETTER_METRICS)}
 
 
 def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts, opts: AbsorptionOptions,

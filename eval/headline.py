@@ -59,8 +59,15 @@ def headline_frame(table: pd.DataFrame, baseline: str = "topk", trainers: list[s
     return out
 
 
-def _num(x: float, digits: int = 3) -> str:
+def fmt_number(x: float, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, or an en dash for a missing one."""
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def interval_text(r: pd.Series, digits: int = 3) -> str:
+    """'+d [lo, hi]': a paired difference and its interval (no interval with one pair)."""
+    ci = "" if math.isnan(r["ci_low"]) else f" [{fmt_number(r['ci_low'], digits)}, {fmt_number(r['ci_high'], digits)}]"
+    return f"{r['diff']:+.{digits}f}{ci}"
 
 
 def _digits(metric: str) -> int:
@@ -70,13 +77,12 @@ def _digits(metric: str) -> int:
 def cell_text(r: pd.Series, baseline: str) -> tuple[str, str]:
     """('mean ± std (eval ± e)', 'Δ +d [lo, hi]' or '') for one frame row."""
     d = _digits(r["metric"] if "metric" in r.index else r.name)
-    first = f"{_num(r['mean'], d)} ± {_num(r['std'], d)}"
+    first = f"{fmt_number(r['mean'], d)} ± {fmt_number(r['std'], d)}"
     if not math.isnan(r["eval_std"]):
-        first += f" (eval ± {_num(r['eval_std'], d)})"
+        first += f" (eval ± {fmt_number(r['eval_std'], d)})"
     second = ""
     if r["trainer"] != baseline and r["n_pairs"] > 0:
-        ci = "" if math.isnan(r["ci_low"]) else f" [{_num(r['ci_low'], d)}, {_num(r['ci_high'], d)}]"
-        second = f"Δ {r['diff']:+.{d}f}{ci}"
+        second = f"Δ {interval_text(r, d)}"
     return first, second
 
 

@@ -14,6 +14,8 @@ import pandas as pd
 
 from eval.compare import EVAL_STD_SUFFIX, paired_comparison
 from eval.headline import LEGEND, headline_markdown
+from eval.headline import fmt_number as _fmt
+from eval.headline import interval_text as _interval
 from fc_base.io import write_text_atomic
 
 
@@ -36,15 +38,6 @@ class Study:
     """The eval that reports ``reconstruction`` (and ``l0`` where it reports one)."""
     plot: str | None = None
     """Frontier plot written beside RESULTS.md (relative path), if the table has several L0s."""
-
-
-def _fmt(x: float, d: int = 3) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
-
-
-def _interval(r: pd.Series, d: int = 3) -> str:
-    ci = "" if math.isnan(r["ci_low"]) else f" [{_fmt(r['ci_low'], d)}, {_fmt(r['ci_high'], d)}]"
-    return f"{r['diff']:+.{d}f}{ci}"
 
 
 def controls_in(table: pd.DataFrame) -> dict[str, str]:
@@ -74,14 +67,15 @@ L0_TOLERANCE = 0.1
 """Measured L0 more than 10% away from the baseline's: the comparison is not at equal L0."""
 
 
-def _caveats(recon: pd.DataFrame, l0: pd.DataFrame, trainer: str, k: int, study: Study) -> str:
-    """Reconstruction and L0 beside an absorption verdict: absorption alone can be bought by a worse SAE."""
+def _caveats(other: pd.DataFrame, trainer: str, k: int, study: Study, baseline: str) -> str:
+    """Reconstruction and L0 beside an absorption verdict (``other``: the paired comparison of the
+    reconstruction metric and l0): absorption alone can be bought by a worse SAE."""
     parts = []
-    rec = _row(recon, trainer, k, study.reconstruction)
+    rec = _row(other, trainer, k, study.reconstruction)
     if rec is not None and rec["n_pairs"]:
         cost = not math.isnan(rec["ci_high"]) and rec["ci_high"] < -RECONSTRUCTION_TOLERANCE
         parts.append(f"{study.reconstruction} Δ {_interval(rec)}" + (" — **a reconstruction cost**" if cost else ""))
-    own, base = _row(l0, trainer, k, "l0"), _row(l0, "topk", k, "l0")
+    own, base = _row(other, trainer, k, "l0"), _row(other, baseline, k, "l0")
     if own is not None and base is not None and base["mean"] > 0 and abs(own["mean"] / base["mean"] - 1) > L0_TOLERANCE:
         parts.append(f"**not at equal L0**: measured L0 {own['mean']:.1f} vs {base['mean']:.1f}")
     return "; ".join(parts)
@@ -117,7 +111,7 @@ def verdicts(study: Study, baseline: str = "topk") -> list[str]:
             kk = "" if k < 0 else f" at k={k}"
             ctl = f"vs `{control}` Δ {_interval(c)}" if c is not None else ""
             base = f"vs `{baseline}` Δ {_interval(a)}, " if a["n_pairs"] else ""
-            caveat = _caveats(other, other, arm, k, study)
+            caveat = _caveats(other, arm, k, study, baseline)
             lines.append(f"- `{arm}`{kk} {word} ({study.primary} {base}{ctl}){'; ' + caveat if caveat else ''}.")
     for k in sorted(vs_base.loc[vs_base["trainer"] == "matryoshka", "k"].unique()):
         m = _row(vs_base, "matryoshka", k, study.primary)
@@ -125,7 +119,7 @@ def verdicts(study: Study, baseline: str = "topk") -> list[str]:
             continue
         word = {-1: "lower", 1: "higher", 0: "not different beyond the noise"}[_side(m)]
         kk = "" if k < 0 else f" at k={k}"
-        caveat = _caveats(other, other, "matryoshka", k, study)
+        caveat = _caveats(other, "matryoshka", k, study, baseline)
         lines.append(f"- `matryoshka`{kk}: absorption {word} than `{baseline}` ({study.primary} Δ {_interval(m)})"
                      f"{'; ' + caveat if caveat else ''}.")
     return lines or ["No FC arm with its control in this table."]

@@ -68,6 +68,17 @@ def topk_codes(gen):
     return dense, idx, vals * keep
 
 
+def update_with_random_codes(tracker, gen, codes, x, center, W_dec):
+    """One tracker update with random dense ReLU codes or TopK codes; returns the dense codes."""
+    if codes == "dense":
+        a = torch.randn(B, M, generator=gen).relu() * (torch.rand(B, M, generator=gen) > 0.5)
+        tracker.update(x, a, center, W_dec_MD=W_dec)
+        return a
+    a, idx, vals = topk_codes(gen)
+    tracker.update(x, None, center, active_idx_BK=idx, active_val_BK=vals, W_dec_MD=W_dec)
+    return a
+
+
 @pytest.mark.parametrize("mode", ["direction", "seed"])
 @pytest.mark.parametrize("codes", ["dense", "sparse"])
 def test_tracker_matches_reference_loop(mode, codes):
@@ -176,12 +187,7 @@ def test_hole_rate_matches_reference_loop(codes):
         center = torch.randn(D, generator=gen) * 0.1
         W_dec = torch.randn(M, D, generator=gen)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
-        if codes == "dense":
-            a = torch.randn(B, M, generator=gen).relu() * (torch.rand(B, M, generator=gen) > 0.5)
-            tracker.update(x, a, center, W_dec_MD=W_dec)
-        else:
-            a, idx, vals = topk_codes(gen)
-            tracker.update(x, None, center, active_idx_BK=idx, active_val_BK=vals, W_dec_MD=W_dec)
+        a = update_with_random_codes(tracker, gen, codes, x, center, W_dec)
         batches.append((x, a, center, W_dec))
     expected = torch.tensor(reference_holes(batches, BETA, hole_rows))
     torch.testing.assert_close(tracker.hole_rate, expected, atol=1e-5, rtol=1e-4)
@@ -240,12 +246,7 @@ def test_exclusion_matches_reference_loop(codes):
     assert [sorted(n) for n in tracker.neighbours_MR.tolist()] == [sorted(n) for n in nbrs]
     for _ in range(STEPS):
         x = torch.randn(B, D, generator=gen)
-        if codes == "dense":
-            a = torch.randn(B, M, generator=gen).relu() * (torch.rand(B, M, generator=gen) > 0.5)
-            tracker.update(x, a, None, W_dec_MD=W_dec)
-        else:
-            a, idx, vals = topk_codes(gen)
-            tracker.update(x, None, None, active_idx_BK=idx, active_val_BK=vals, W_dec_MD=W_dec)
+        a = update_with_random_codes(tracker, gen, codes, x, None, W_dec)
         fires = (a.abs() > 0).tolist()
         for i in range(M):
             freq[i] = BETA * freq[i] + (1 - BETA) * sum(row[i] for row in fires) / B
