@@ -106,19 +106,21 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def make_sae(d_model: int, d_sae: int, k: int):
+def make_sae(d_model: int, d_sae: int, k: int, device: str = "cpu"):
     from trainers.topk import TopKSAE
 
     torch.manual_seed(0)
-    sae = TopKSAE(d_model, d_sae, k)
+    sae = TopKSAE(d_model, d_sae, k).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
-    dead_M = torch.zeros(d_sae, dtype=torch.bool)
+    dead_M = torch.zeros(d_sae, dtype=torch.bool, device=device)
 
     def step(x_BD: torch.Tensor) -> None:
         out = sae.training_step(x_BD, dead_M)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
+        if x_BD.is_cuda:  # time the step, not its launch
+            torch.cuda.synchronize()
 
     return step
 
@@ -141,19 +143,20 @@ def paired_rates(store_batches, ram_batches, step_store, step_ram, n_steps: int)
     return n_steps / spent[0], n_steps / spent[1]
 
 
-def bench_training(store, d_sae: int, k: int, batch_size: int, n_steps: int) -> None:
+def bench_training(store, d_sae: int, k: int, batch_size: int, n_steps: int, device: str = "cpu") -> None:
     from trainers.data import InMemoryActivations
 
-    in_ram = InMemoryActivations(torch.from_numpy(store.read_rows(0, store.n_rows)))
+    # On a GPU the in-memory side holds every row on the device already: the loader's best case.
+    in_ram = InMemoryActivations(torch.from_numpy(store.read_rows(0, store.n_rows)).to(device))
     n_steps = min(n_steps, store.num_batches(batch_size) - 1)
     drop_page_cache(store)
     store._maps.clear()
-    s, r = paired_rates(store.iter_batches(batch_size, seed=0), in_ram.iter_batches(batch_size, seed=0),
-                        make_sae(store.d_model, d_sae, k), make_sae(store.d_model, d_sae, k), n_steps)
-    print(f"(b) training  TopK SAE d_in {store.d_model}, d_sae {d_sae}, k {k}, batch {batch_size}, "
+    s, r = paired_rates(store.iter_batches(batch_size, seed=0, device=device), in_ram.iter_batches(batch_size, seed=0, device=device),
+                        make_sae(store.d_model, d_sae, k, device), make_sae(store.d_model, d_sae, k, device), n_steps)
+    print(f"(b) training  TopK SAE d_in {store.d_model}, d_sae {d_sae}, k {k}, batch {batch_size}, on {device}, "
           f"{n_steps} paired steps, {torch.get_num_threads()} torch threads, store page cache dropped first")
     print(f"    fed from the store          {s:6.2f} steps/s")
-    print(f"    fed from RAM tensors        {r:6.2f} steps/s")
+    print(f"    fed from in-memory tensors  {r:6.2f} steps/s")
     print(f"    ratio store / RAM           {s / r:6.3f}  (target >= 0.95)")
 
 
@@ -166,6 +169,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--device", default="cpu", help="training device of part (b), e.g. cuda")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fc-sae-bench-loader-") as tmp:
         path = args.store
@@ -174,7 +178,7 @@ def main() -> None:
             make_synthetic_store(path, args.rows, args.d_model, shard_rows=65536)
         store = open_store(path)
         bench_reader(store)
-        bench_training(store, args.d_sae, args.k, args.batch_size, args.steps)
+        bench_training(store, args.d_sae, args.k, args.batch_size, args.steps, args.device)
 
 
 if __name__ == "__main__":

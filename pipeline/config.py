@@ -337,6 +337,18 @@ def _experiment() -> RunConfig:
     return cfg
 
 
+def _experiment_gpu() -> RunConfig:
+    # The experiment's TopK, FC v2 repair (with its random-surgery control) and Matryoshka arms at width
+    # 16384, meant for a GPU: the same harvest settings (so the same cache identity), one epoch of the
+    # offline corpus, k 32, 3 seeds.
+    cfg = _experiment()
+    cfg.preset = "experiment-gpu"
+    cfg.train.trainers = list(EXPERIMENT_SWEEP_TRAINERS)
+    cfg.train.d_sae = 16384
+    cfg.train.sweep = [SweepPoint(label="k32", k=32)]
+    return cfg
+
+
 FC_TRAINERS = ["topk", "fc_topk", "random_split_topk", "fc2_topk", "fc2enc_topk", "fc2sup_topk", "random_repair_topk",
                "relu_l1", "fc_relu_l1", "random_split_relu_l1", "batchtopk", "matryoshka"]
 
@@ -385,7 +397,7 @@ def _synth_tiny() -> RunConfig:
     )
 
 
-PRESETS = {"demo": _demo, "experiment": _experiment, "pythia70m": _pythia70m, "tiny": _tiny, "synth": _synth, "synth-fc": _synth_fc,
+PRESETS = {"demo": _demo, "experiment": _experiment, "experiment-gpu": _experiment_gpu, "pythia70m": _pythia70m, "tiny": _tiny, "synth": _synth, "synth-fc": _synth_fc,
            "synth16k": _synth16k, "synth-tiny": _synth_tiny}
 
 
