@@ -8,7 +8,8 @@ inputs where the parent is present together with a child: the child latent has a
 parent's direction.
 
 Absorption rate = mean over parents of P(parent latent silent | parent and one child present).
-Printed for TopK, FC-TopK and Matryoshka-BatchTopK at the same width and k, over several seeds.
+Printed for each trainer (default: TopK, the seed's FC split and its random control, the FC v2 repair
+and its control, BatchTopK, Matryoshka) at the same width and k, over several seeds.
 
     .venv/bin/python benchmarks/toy_absorption.py [--seeds 0 1 2] [--tokens 409600]
 """
@@ -32,6 +33,7 @@ from trainers.config import TrainConfig  # noqa: E402
 from trainers.data import InMemoryActivations  # noqa: E402
 from trainers.export import ModelInfo  # noqa: E402
 from trainers.loop import train_sae  # noqa: E402
+from trainers.registry import get_recipe  # noqa: E402
 
 
 class Toy(NamedTuple):
@@ -83,8 +85,10 @@ def absorption_rate(weights: dict[str, torch.Tensor], arch: str, k: int, toy: To
         post_NM = pre_NM.relu()
         vals, idx = post_NM.topk(k, dim=1)
         acts_NM = torch.zeros_like(post_NM).scatter_(1, idx, vals)
-    else:
+    elif arch == "jumprelu":
         acts_NM = pre_NM * (pre_NM > weights["threshold"])
+    else:
+        acts_NM = pre_NM.relu()
     dec_MD = weights["W_dec"] / weights["W_dec"].norm(dim=1, keepdim=True)
     rates, recalls = [], []
     for parent, kids in zip(toy.parents, toy.children):
@@ -100,7 +104,8 @@ def absorption_rate(weights: dict[str, torch.Tensor], arch: str, k: int, toy: To
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--trainers", nargs="+", default=["topk", "fc_topk", "matryoshka"])
+    ap.add_argument("--trainers", nargs="+", default=["topk", "fc_topk", "random_split_topk", "fc2sup_topk",
+                                                       "random_repair_topk", "batchtopk", "matryoshka"])
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--parents", type=int, default=6)
     ap.add_argument("--children", type=int, default=4)
@@ -134,7 +139,9 @@ def main() -> None:
                 t0 = time.time()
                 res = train_sae(source, cfg, trainer, seed, out, ModelInfo("toy"), progress=False)
                 weights = load_file(out / "sae_weights.safetensors")
-                arch = "topk" if trainer in ("topk", "fc_topk") else "jumprelu"
+                # BatchTopK-style SAEs export a per-latent threshold; penalty-trained ones are plain ReLU
+                arch = ("jumprelu" if "threshold" in weights else
+                        "relu" if get_recipe(trainer).sparsity == "penalty" else "topk")
                 rate, recall = absorption_rate(weights, arch, args.k, toy, x_eval, mags_eval)
                 ev = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["explained_variance"]
                 results[trainer].append((rate, recall, ev))

@@ -219,6 +219,14 @@ def render(studies: list[Study], out: Path, regenerate: str) -> str:
     return text
 
 
+RUN_COMMANDS = {
+    "experiment": "make run PRESET=experiment",
+    "experiment-gpu": ("bash benchmarks/gpu_run.sh prepare|experiment|pack on a CUDA machine (see the script), "
+                       "then fc-sae eval --preset experiment-gpu --run-dir runs/experiment-gpu"),
+}
+"""How each language-model run named in a table's ``run`` column was produced."""
+
+
 def load_study(kind: str, path: str) -> Study:
     """A study of a table: ``synthetic`` (ground truth) or ``language`` (sae-bench on an LLM)."""
     table = pd.read_parquet(path)
@@ -226,7 +234,9 @@ def load_study(kind: str, path: str) -> Study:
         return Study("Ground truth: synthetic hierarchy (synth-fc preset)", table, path, "make run PRESET=synth-fc",
                      "synthetic", "absorption_rate", "explained_variance", "synthetic")
     model = ", ".join(sorted(set(table["model"].astype(str))))
-    return Study(f"Language model: {model} (experiment preset)", table, path, "make run PRESET=experiment",
-                 "absorption", "mean_absorption_fraction_score", "explained_variance_legacy", "core",
-                 plot="docs/results/frontier_experiment.png")
-
+    run = ", ".join(sorted(set(table["run"].astype(str))))
+    widths = ", ".join(str(w) for w in sorted(set(table["d_sae"].astype(int))))
+    several_k = table["k"].nunique() > 1
+    return Study(f"Language model: {model}, width {widths} ({run} preset)", table, path,
+                 RUN_COMMANDS.get(run, f"make run PRESET={run}"), "absorption", "mean_absorption_fraction_score",
+                 "explained_variance_legacy", "core", plot=f"docs/results/frontier_{run}.png" if several_k else None)

@@ -155,3 +155,31 @@ def test_threshold_ignores_protected_latents_and_random_control_matches_the_coun
     picks = [select_random_candidates(score, 1.0, 5, eligible, torch.Generator().manual_seed(s)).tolist()
              for s in range(20)]
     assert all(len(p) == 2 and 8 not in p for p in picks) and len({tuple(sorted(p)) for p in picks}) > 3
+
+
+def test_latents_above_max_freq_are_never_split_by_the_score_or_the_control():
+    gen = torch.Generator().manual_seed(4)
+    model = TopKSAE(D, M, k=2, generator=gen)
+    tracker = FrequencyConsistencyTracker(M, D, beta=0.5)
+    x_ND = torch.randn(1024, D, generator=gen)
+    for x_BD in x_ND.split(128):
+        tracker.update(x_BD, model.encode(x_BD))
+    tracker.reset([6, 7])  # the slots
+    freq = tracker.frequency
+    dense = torch.nonzero(freq > 0.25).squeeze(1).tolist()
+    assert dense and int(tracker.absorption_score.argmax()) in dense, "the score's favourite must be a dense latent"
+    for control in (None, torch.Generator().manual_seed(1)):
+        trial = TopKSAE(D, M, k=2, generator=torch.Generator().manual_seed(4))
+        trial.load_state_dict(model.state_dict())
+        t = FrequencyConsistencyTracker(M, D, beta=0.5)
+        t.load_state_dict(tracker.state_dict())
+        unguarded = fc_split(trial, torch.optim.Adam(trial.parameters()), t, x_ND, trial.b_dec.data, step=1, z=0.0,
+                             max_split_frac=0.5, dead_freq=1e-5, min_rows=4, random_generator=control)
+        trial.load_state_dict(model.state_dict())
+        t.load_state_dict(tracker.state_dict())
+        guarded = fc_split(trial, torch.optim.Adam(trial.parameters()), t, x_ND, trial.b_dec.data, step=1, z=0.0,
+                           max_split_frac=0.5, dead_freq=1e-5, min_rows=4, random_generator=control, max_freq=0.25)
+        assert guarded.rows, "sparser candidates remain"
+        assert all(row["frequency"] <= 0.25 for row in guarded.rows)
+        if control is None:
+            assert {row["latent"] for row in unguarded.rows} & set(dense), "without the guard a dense latent splits"

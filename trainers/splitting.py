@@ -108,13 +108,13 @@ def active_rows_of(model: SparseAutoencoder, inputs_RD: torch.Tensor, latent_ids
 def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker: FrequencyConsistencyTracker,
              reservoir_RD: torch.Tensor, center_D: torch.Tensor, *, step: int, z: float, max_split_frac: float,
              dead_freq: float, min_rows: int, protected_M: torch.Tensor | None = None,
-             random_generator: torch.Generator | None = None) -> SplitResult:
+             random_generator: torch.Generator | None = None, max_freq: float = 1.0) -> SplitResult:
     """One split event. ``protected_M`` marks latents touched so recently that their tracker
     statistics have not recovered; they are neither candidates, nor slots, nor part of the mean and
-    std that set the threshold. ``random_generator``: the random-surgery control (candidates drawn
-    uniformly, same count)."""
+    std that set the threshold. Latents firing more often than ``max_freq`` are not eligible either.
+    ``random_generator``: the random-surgery control (candidates drawn uniformly, same count)."""
     score_M, freq_M, cons_M = tracker.absorption_score, tracker.frequency, tracker.consistency
-    eligible_M = torch.ones_like(score_M, dtype=torch.bool)
+    eligible_M = freq_M <= max_freq
     if protected_M is not None:
         eligible_M &= ~protected_M.to(score_M.device)
     empty = SplitResult([], torch.empty(0, dtype=torch.long))
