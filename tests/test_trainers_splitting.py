@@ -183,3 +183,25 @@ def test_latents_above_max_freq_are_never_split_by_the_score_or_the_control():
         assert all(row["frequency"] <= 0.25 for row in guarded.rows)
         if control is None:
             assert {row["latent"] for row in unguarded.rows} & set(dense), "without the guard a dense latent splits"
+
+
+def test_batched_two_direction_patterns_match_the_per_group_version():
+    from trainers.splitting import two_direction_patterns, two_direction_patterns_batched
+
+    gen = torch.Generator().manual_seed(11)
+    groups, parts = [], []
+    for g, n in enumerate([3, 40, 17, 64, 9, 1, 30]):
+        if g % 2:  # two planted directions
+            x, _, _ = planted_inputs(gen, n)
+        else:  # one direction plus noise, or a single row
+            x = torch.randn(1, D, generator=gen) + 0.05 * torch.randn(n, D, generator=gen)
+        parts.append(x / x.norm(dim=1, keepdim=True))
+        groups.append(torch.full((n,), g))
+    u_ND, group_N = torch.cat(parts), torch.cat(groups)
+    c1, c2, ok = two_direction_patterns_batched(u_ND, group_N, len(parts))
+    for g, u in enumerate(parts):
+        found = two_direction_patterns(u)
+        assert bool(ok[g]) == (found is not None), g
+        if found is not None:
+            assert torch.allclose(c1[g], found[0], atol=1e-5) and torch.allclose(c2[g], found[1], atol=1e-5)
+    assert bool(ok[1]) and bool(ok[3]) and not bool(ok[5])

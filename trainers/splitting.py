@@ -96,12 +96,101 @@ def two_direction_patterns(u_ND: torch.Tensor, iters: int = 10) -> tuple[torch.T
 
 
 @torch.no_grad()
+def two_direction_patterns_batched(u_ND: torch.Tensor, group_N: torch.Tensor, n_groups: int, iters: int = 10,
+                                   power_iters: int = 30) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`two_direction_patterns` for many row groups at once (``group_N``: each unit row's group).
+
+    The same steps (power-iteration seed, spherical 2-means, a group stops when its labels stop
+    changing and fails when one side empties) as segment sums over all rows, so a split event costs
+    a few dozen kernels instead of a Python loop over candidates. Returns the centroids
+    (n_groups, D) twice and which groups found two patterns."""
+    d = u_ND.shape[1]
+    dtype, device = u_ND.dtype, u_ND.device
+
+    def group_sum(values_N: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((n_groups, *values_N.shape[1:]), dtype=dtype, device=device).index_add_(0, group_N, values_N)
+
+    count_G = group_sum(torch.ones_like(u_ND[:, 0]))
+    centred_ND = u_ND - (group_sum(u_ND) / count_G.clamp_min(1)[:, None])[group_N]
+    gen = torch.Generator().manual_seed(0)  # the seed of first_principal_direction
+    v_GD = torch.randn(d, generator=gen).to(u_ND).expand(n_groups, d).contiguous()
+    for _ in range(power_iters):
+        v_GD = group_sum(centred_ND * (centred_ND * v_GD[group_N]).sum(1, keepdim=True))
+        v_GD = v_GD / v_GD.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    labels_N = (centred_ND * v_GD[group_N]).sum(1) > 0
+
+    def one_sided(labels: torch.Tensor) -> torch.Tensor:
+        n1_G = group_sum(labels.to(dtype))
+        return (n1_G == 0) | (n1_G == count_G)
+
+    ok_G = torch.ones(n_groups, dtype=torch.bool, device=device)
+    running_G = ok_G.clone()
+    c1_GD = torch.zeros(n_groups, d, dtype=dtype, device=device)
+    c2_GD = torch.zeros_like(c1_GD)
+    for _ in range(iters):
+        failed_G = running_G & one_sided(labels_N)
+        ok_G &= ~failed_G
+        running_G &= ~failed_G
+        if not running_G.any():
+            break
+        lab_N1 = labels_N[:, None].to(dtype)
+        new1_GD, new2_GD = group_sum(u_ND * lab_N1), group_sum(u_ND * (1 - lab_N1))
+        new1_GD = new1_GD / new1_GD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        new2_GD = new2_GD / new2_GD.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        c1_GD = torch.where(running_G[:, None], new1_GD, c1_GD)
+        c2_GD = torch.where(running_G[:, None], new2_GD, c2_GD)
+        new_labels_N = (u_ND * c1_GD[group_N]).sum(1) >= (u_ND * c2_GD[group_N]).sum(1)
+        moved_N = (new_labels_N != labels_N) & running_G[group_N]
+        labels_N = torch.where(moved_N, new_labels_N, labels_N)
+        running_G &= group_sum(moved_N.to(dtype)) > 0
+    ok_G &= ~one_sided(labels_N)
+    return c1_GD, c2_GD, ok_G
+
+
+@torch.no_grad()
 def active_rows_of(model: SparseAutoencoder, inputs_RD: torch.Tensor, latent_ids_C: torch.Tensor,
                    tau_act: float, chunk: int = 4096) -> torch.Tensor:
     """(R, C) mask: which inputs activate each latent, using the model's own encoding."""
     parts = [model.encode(inputs_RD[i:i + chunk])[:, latent_ids_C].abs() > tau_act
              for i in range(0, inputs_RD.shape[0], chunk)]
     return torch.cat(parts)
+
+
+_SPLIT_CHUNK_ELEMENTS = 1 << 26
+"""Gathered (row, candidate) pairs x D per batched clustering call: bounds its memory (256 MiB)."""
+
+
+def _split_directions(model: SparseAutoencoder, reservoir_RD: torch.Tensor, center_D: torch.Tensor,
+                      cands_C: torch.Tensor, active_RC: torch.Tensor, min_rows: int):
+    """For each candidate with at least ``min_rows`` activating rows and two direction patterns among
+    them: (latent, kept direction, other direction, their cosine), in candidate order. The kept
+    pattern is the one nearer the candidate's current decoder direction."""
+    count_C = active_RC.sum(0).tolist()  # one transfer, then plain-int chunking
+    cols = [j for j, n in enumerate(count_C) if n >= min_rows]
+    kept, keep_dirs, other_dirs, cosines = [], [], [], []
+    start, d = 0, reservoir_RD.shape[1]
+    while start < len(cols):  # chunks of candidates whose gathered rows fit the memory bound
+        stop, elements = start + 1, count_C[cols[start]] * d
+        while stop < len(cols) and elements + count_C[cols[stop]] * d <= _SPLIT_CHUNK_ELEMENTS:
+            elements += count_C[cols[stop]] * d
+            stop += 1
+        chunk = cols[start:stop]
+        group_N, rows_N = torch.nonzero(active_RC[:, chunk].T, as_tuple=True)
+        centred_ND = reservoir_RD[rows_N] - center_D
+        u_ND = centred_ND / centred_ND.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        c1_GD, c2_GD, ok_G = two_direction_patterns_batched(u_ND, group_N, len(chunk))
+        latents_G = cands_C[chunk].to(model.W_dec.device)
+        current_GD = model.W_dec.data[latents_G].to(u_ND)
+        first_G = (current_GD * c1_GD).sum(1) >= (current_GD * c2_GD).sum(1)
+        keep_GD = torch.where(first_G[:, None], c1_GD, c2_GD)
+        other_GD = torch.where(first_G[:, None], c2_GD, c1_GD)
+        ok = torch.nonzero(ok_G).squeeze(1)
+        kept += latents_G[ok].tolist()
+        keep_dirs += list(keep_GD[ok].unbind(0))
+        other_dirs += list(other_GD[ok].unbind(0))
+        cosines += (keep_GD[ok] * other_GD[ok]).sum(1).tolist()
+        start = stop
+    return kept, keep_dirs, other_dirs, cosines
 
 
 @torch.no_grad()
@@ -126,23 +215,8 @@ def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker
     if cands_C.numel() == 0:
         return empty
     active_RC = active_rows_of(model, reservoir_RD, cands_C.to(reservoir_RD.device), tracker.tau_act)
-    kept, keep_dirs, other_dirs, cosines = [], [], [], []
-    for j, latent in enumerate(cands_C.tolist()):
-        rows_ND = reservoir_RD[active_RC[:, j]]
-        if rows_ND.shape[0] < min_rows:
-            continue
-        centred_ND = rows_ND - center_D
-        u_ND = centred_ND / centred_ND.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        found = two_direction_patterns(u_ND)
-        if found is None:
-            continue
-        c1_D, c2_D, _ = found
-        current_D = model.W_dec.data[latent]
-        keep_D, other_D = (c1_D, c2_D) if float(current_D @ c1_D) >= float(current_D @ c2_D) else (c2_D, c1_D)
-        kept.append(latent)
-        keep_dirs.append(keep_D)
-        other_dirs.append(other_D)
-        cosines.append(float(keep_D @ other_D))
+    kept, keep_dirs, other_dirs, cosines = _split_directions(model, reservoir_RD, center_D, cands_C, active_RC,
+                                                             min_rows)
     if not kept:
         return empty
     kept_L = torch.tensor(kept, dtype=torch.long)
