@@ -23,7 +23,8 @@ eval: setup
 # RESULTS.md from the committed results tables (copy a finished run's results.parquet under results/).
 results: setup
 	$(PY) -m pipeline.cli results-md --synthetic results/synth-fc/results.parquet \
-		--language results/experiment/results.parquet --out RESULTS.md
+		--language results/experiment/results.parquet --language results/experiment-gpu/results.parquet \
+		--out RESULTS.md
 
 down:
 	@bash scripts/down.sh

@@ -83,3 +83,20 @@ def test_results_md_words_the_verdict_from_the_intervals_and_regenerates_identic
     assert (tmp_path / "frontier.png").is_file() and "![frontier](frontier.png)" in first
     assert "| mean_absorption_fraction_score | 0.020 |" in first  # the noise floor table
     assert render([study], tmp_path / "RESULTS.md", "fc-sae results-md ...") == first
+
+
+def test_committed_results_md_regenerates_from_the_committed_tables(tmp_path, monkeypatch):
+    """RESULTS.md is what `make results` writes from the tables under results/: nothing hand-typed."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    from pipeline.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    committed = (root / "RESULTS.md").read_text()
+    command = re.search(r"```\n(fc-sae results-md [^\n]+)\n```", committed).group(1)
+    monkeypatch.chdir(tmp_path)  # the command names results/... and RESULTS.md relative to the checkout
+    shutil.copytree(root / "results", tmp_path / "results")
+    assert main(command.split()[1:]) == 0
+    assert (tmp_path / "RESULTS.md").read_text() == committed
