@@ -247,28 +247,33 @@ FRONTIER_METRICS = ("absorption:mean_absorption_fraction_score", "absorption:mea
 
 
 def frontier(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = FRONTIER_METRICS) -> Path | None:
-    """Each metric against the L0 target, one line per trainer: mean over seeds, error bars = seed std
-    (thick) and eval noise (thin, orange). Needs at least two L0 targets."""
+    """Each metric against L0, one line per trainer: mean over seeds, error bars = seed std (thick)
+    and eval noise (thin, orange). The x position is the L0 the core eval measured (mean over seeds)
+    where there is one, else the target k: BatchTopK-style SAEs run below their k at inference, and
+    an equal-L0 comparison must read them where they really are. Needs at least two L0 targets."""
     stats = _spread(table, metrics)
     stats = stats[stats["k"] >= 0] if not stats.empty else stats
     if stats.empty or stats["k"].nunique() < 2:
         return None
+    ok = table[(table["status"] == "ok") & (table["metric"] == "l0")] if "status" in table else table.iloc[:0]
+    measured = ok.groupby(["trainer", "k"])["value"].mean().to_dict()
+    stats = stats.assign(x=[measured.get((t, k), float(k)) for t, k in zip(stats["trainer"], stats["k"])])
     names = [m for m in metrics if m in set(stats["name"])]
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes.flat, names):
         part = stats[stats["name"] == name]
         for i, (trainer, line) in enumerate(part.groupby("trainer", sort=False)):
-            line = line.sort_values("k")
-            shift = 1 + 0.015 * (i - 2)  # trainers side by side at each k
-            ax.errorbar(line["k"] * shift, line["mean"], yerr=line["std"].fillna(0.0), marker="o", markersize=3,
+            line = line.sort_values("x")
+            shift = 1 + 0.015 * (i - 2)  # trainers at the same L0 side by side
+            ax.errorbar(line["x"] * shift, line["mean"], yerr=line["std"].fillna(0.0), marker="o", markersize=3,
                         linewidth=1, capsize=3, elinewidth=1.5, label=trainer)
             if line["eval_std"].notna().any():
-                ax.errorbar(line["k"] * shift, line["mean"], yerr=line["eval_std"].fillna(0.0), fmt="none",
+                ax.errorbar(line["x"] * shift, line["mean"], yerr=line["eval_std"].fillna(0.0), fmt="none",
                             ecolor="tab:orange", elinewidth=0.8, capsize=0)
         ax.set_xscale("log", base=2)
         ks = sorted(part["k"].unique())
         ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set(xlabel="L0 (k)", title=name.split(":")[1])
+        ax.set(xlabel="L0 (measured)" if measured else "L0 (k)", title=name.split(":")[1])
     axes.flat[0].legend(fontsize=6)
     return _save(fig, out)
 
