@@ -185,8 +185,31 @@ def test_latents_above_max_freq_are_never_split_by_the_score_or_the_control():
             assert {row["latent"] for row in unguarded.rows} & set(dense), "without the guard a dense latent splits"
 
 
+def _reference_two_direction_patterns(u_ND: torch.Tensor, iters: int = 10):
+    """The clustering of one candidate's rows, written plainly (as the split used it before the
+    batched version): centroids and labels, or None when one side empties."""
+    centred_ND = u_ND - u_ND.mean(0)
+    v_D = torch.randn(u_ND.shape[1], generator=torch.Generator().manual_seed(0))
+    for _ in range(30):  # power iteration for the first principal direction
+        v_D = centred_ND.T @ (centred_ND @ v_D)
+        v_D = v_D / v_D.norm().clamp_min(1e-30)
+    labels_N = (centred_ND @ v_D) > 0
+    for _ in range(iters):
+        if labels_N.all() or not labels_N.any():
+            return None
+        c1_D, c2_D = u_ND[labels_N].mean(0), u_ND[~labels_N].mean(0)
+        c1_D, c2_D = c1_D / c1_D.norm().clamp_min(1e-12), c2_D / c2_D.norm().clamp_min(1e-12)
+        new_labels_N = (u_ND @ c1_D) >= (u_ND @ c2_D)
+        if torch.equal(new_labels_N, labels_N):
+            break
+        labels_N = new_labels_N
+    if labels_N.all() or not labels_N.any():
+        return None
+    return c1_D, c2_D, labels_N
+
+
 def test_batched_two_direction_patterns_match_the_per_group_version():
-    from trainers.splitting import two_direction_patterns, two_direction_patterns_batched
+    from trainers.splitting import two_direction_patterns
 
     gen = torch.Generator().manual_seed(11)
     groups, parts = [], []
@@ -198,9 +221,9 @@ def test_batched_two_direction_patterns_match_the_per_group_version():
         parts.append(x / x.norm(dim=1, keepdim=True))
         groups.append(torch.full((n,), g))
     u_ND, group_N = torch.cat(parts), torch.cat(groups)
-    c1, c2, ok = two_direction_patterns_batched(u_ND, group_N, len(parts))
+    c1, c2, ok = two_direction_patterns(u_ND, group_N, len(parts))
     for g, u in enumerate(parts):
-        found = two_direction_patterns(u)
+        found = _reference_two_direction_patterns(u)
         assert bool(ok[g]) == (found is not None), g
         if found is not None:
             assert torch.allclose(c1[g], found[0], atol=1e-5) and torch.allclose(c2[g], found[1], atol=1e-5)

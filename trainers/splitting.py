@@ -65,45 +65,15 @@ def select_slots(frequency_M: torch.Tensor, n: int, exclude: torch.Tensor,
     return freq_M.argsort(stable=True)[:n]
 
 
-def first_principal_direction(centred_ND: torch.Tensor, iters: int = 30) -> torch.Tensor:
-    """Power iteration on C^T C without forming it: O(iters * N * D), versus a full SVD."""
-    gen = torch.Generator().manual_seed(0)
-    v_D = torch.randn(centred_ND.shape[1], generator=gen).to(centred_ND)
-    for _ in range(iters):
-        v_D = centred_ND.T @ (centred_ND @ v_D)
-        v_D = v_D / v_D.norm().clamp_min(1e-30)
-    return v_D
-
-
-def two_direction_patterns(u_ND: torch.Tensor, iters: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """Spherical 2-means on unit rows; returns the two unit centroids and labels, or None when
-    the rows do not form two non-empty groups."""
-    centred_ND = u_ND - u_ND.mean(0)
-    labels_N = (centred_ND @ first_principal_direction(centred_ND)) > 0
-    for _ in range(iters):
-        if labels_N.all() or not labels_N.any():
-            return None
-        c1_D = u_ND[labels_N].mean(0)
-        c2_D = u_ND[~labels_N].mean(0)
-        c1_D, c2_D = c1_D / c1_D.norm().clamp_min(1e-12), c2_D / c2_D.norm().clamp_min(1e-12)
-        new_labels_N = (u_ND @ c1_D) >= (u_ND @ c2_D)
-        if torch.equal(new_labels_N, labels_N):
-            break
-        labels_N = new_labels_N
-    if labels_N.all() or not labels_N.any():
-        return None
-    return c1_D, c2_D, labels_N
-
-
 @torch.no_grad()
-def two_direction_patterns_batched(u_ND: torch.Tensor, group_N: torch.Tensor, n_groups: int, iters: int = 10,
-                                   power_iters: int = 30) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`two_direction_patterns` for many row groups at once (``group_N``: each unit row's group).
-
-    The same steps (power-iteration seed, spherical 2-means, a group stops when its labels stop
-    changing and fails when one side empties) as segment sums over all rows, so a split event costs
-    a few dozen kernels instead of a Python loop over candidates. Returns the centroids
-    (n_groups, D) twice and which groups found two patterns."""
+def two_direction_patterns(u_ND: torch.Tensor, group_N: torch.Tensor, n_groups: int, iters: int = 10,
+                           power_iters: int = 30) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spherical 2-means on the unit rows of each group (``group_N``: each row's group), all groups at
+    once. Each group's labels start from the sign of its first principal direction (power iteration
+    from one fixed random vector); a group stops when its labels stop changing and fails when one side
+    empties. Everything is a segment sum over all rows, so a split event costs a few dozen kernels
+    instead of a Python loop over candidates. Returns the two unit centroids (n_groups, D) and which
+    groups found two patterns."""
     d = u_ND.shape[1]
     dtype, device = u_ND.dtype, u_ND.device
 
@@ -112,7 +82,7 @@ def two_direction_patterns_batched(u_ND: torch.Tensor, group_N: torch.Tensor, n_
 
     count_G = group_sum(torch.ones_like(u_ND[:, 0]))
     centred_ND = u_ND - (group_sum(u_ND) / count_G.clamp_min(1)[:, None])[group_N]
-    gen = torch.Generator().manual_seed(0)  # the seed of first_principal_direction
+    gen = torch.Generator().manual_seed(0)
     v_GD = torch.randn(d, generator=gen).to(u_ND).expand(n_groups, d).contiguous()
     for _ in range(power_iters):
         v_GD = group_sum(centred_ND * (centred_ND * v_GD[group_N]).sum(1, keepdim=True))
@@ -178,7 +148,7 @@ def _split_directions(model: SparseAutoencoder, reservoir_RD: torch.Tensor, cent
         group_N, rows_N = torch.nonzero(active_RC[:, chunk].T, as_tuple=True)
         centred_ND = reservoir_RD[rows_N] - center_D
         u_ND = centred_ND / centred_ND.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        c1_GD, c2_GD, ok_G = two_direction_patterns_batched(u_ND, group_N, len(chunk))
+        c1_GD, c2_GD, ok_G = two_direction_patterns(u_ND, group_N, len(chunk))
         latents_G = cands_C[chunk].to(model.W_dec.device)
         current_GD = model.W_dec.data[latents_G].to(u_ND)
         first_G = (current_GD * c1_GD).sum(1) >= (current_GD * c2_GD).sum(1)
