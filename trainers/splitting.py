@@ -171,12 +171,19 @@ def _whitener(inputs_RD: torch.Tensor, center_D: torch.Tensor) -> torch.Tensor:
 class SplitHalves(NamedTuple):
     """The two halves of every candidate that found two patterns, in candidate order."""
     latents: list[int]
+    """The split candidates (each keeps one half)."""
     keep_dec_LD: torch.Tensor
+    """Unit decoder rows: the pattern nearer each candidate's current decoder."""
     other_dec_LD: torch.Tensor
+    """Unit decoder rows of the other pattern (for the slot latents)."""
     keep_enc_LD: torch.Tensor
+    """Encoder columns of the kept halves."""
     other_enc_LD: torch.Tensor
+    """Encoder columns of the slot halves."""
     half_bias_L: torch.Tensor
+    """Encoder bias of either half: half the parent's."""
     cosines: list[float]
+    """Cosine between each candidate's two patterns."""
 
 
 def _split_halves(model: SparseAutoencoder, reservoir_RD: torch.Tensor, center_D: torch.Tensor,
