@@ -26,7 +26,7 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from cache_tools import open_store
-    from trainers.splitting import _split_halves, encode_reservoir
+    from trainers.splitting import encode_reservoir, split_halves
     from trainers.surgery import RESAMPLED_ENCODER_SCALE
     from trainers.topk import TopKSAE
 
@@ -40,6 +40,8 @@ def main() -> None:
 
     folder = args.run_dir / "saes" / args.sae
     meta = json.loads((folder / "sae_meta.json").read_text())
+    if meta.get("k") is None:
+        raise SystemExit(f"{folder}: not a TopK-style SAE (sae_meta.json has no k)")
     w = load_file(str(folder / "sae_weights.safetensors"))
     model = TopKSAE(w["W_enc"].shape[0], w["W_enc"].shape[1], int(meta["k"]))
     with torch.no_grad():
@@ -55,7 +57,7 @@ def main() -> None:
         pool = torch.nonzero((freq_M > 0.01) & (freq_M <= 0.1)).squeeze(1)
         cands_C = pool[torch.randperm(pool.numel(), generator=torch.Generator().manual_seed(0))[:args.latents]]
         codes = encode_reservoir(model, x_RD, cands_C, 0.0)
-        halves = _split_halves(model, x_RD, model.b_dec, cands_C, codes, min_rows=8)
+        halves = split_halves(model, x_RD, model.b_dec, cands_C, codes, min_rows=8)
         lat = torch.tensor(halves.latents)
         parent = freq_M[lat]
         xc_RD = x_RD - model.b_dec

@@ -68,6 +68,12 @@ def select_slots(frequency_M: torch.Tensor, n: int, exclude: torch.Tensor,
     return freq_M.argsort(stable=True)[:n]
 
 
+def segment_sum(values_N: torch.Tensor, group_N: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Sum of the rows of ``values_N`` per group (``group_N``: each row's group), shape (n_groups, ...)."""
+    return torch.zeros((n_groups, *values_N.shape[1:]), dtype=values_N.dtype,
+                       device=values_N.device).index_add_(0, group_N, values_N)
+
+
 @torch.no_grad()
 def two_direction_patterns(u_ND: torch.Tensor, group_N: torch.Tensor, n_groups: int, iters: int = 10,
                            power_iters: int = 30) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,7 +87,7 @@ def two_direction_patterns(u_ND: torch.Tensor, group_N: torch.Tensor, n_groups: 
     dtype, device = u_ND.dtype, u_ND.device
 
     def group_sum(values_N: torch.Tensor) -> torch.Tensor:
-        return torch.zeros((n_groups, *values_N.shape[1:]), dtype=dtype, device=device).index_add_(0, group_N, values_N)
+        return segment_sum(values_N, group_N, n_groups)
 
     count_G = group_sum(torch.ones_like(u_ND[:, 0]))
     centred_ND = u_ND - (group_sum(u_ND) / count_G.clamp_min(1)[:, None])[group_N]
@@ -186,7 +192,7 @@ class SplitHalves(NamedTuple):
     """Cosine between each candidate's two patterns."""
 
 
-def _split_halves(model: SparseAutoencoder, reservoir_RD: torch.Tensor, center_D: torch.Tensor,
+def split_halves(model: SparseAutoencoder, reservoir_RD: torch.Tensor, center_D: torch.Tensor,
                   cands_C: torch.Tensor, codes: ReservoirCodes, min_rows: int) -> SplitHalves:
     """For each candidate with at least ``min_rows`` activating rows: cluster what the candidate
     explains on those rows (the reconstruction error plus its own contribution) into two unit
@@ -222,12 +228,9 @@ def _split_halves(model: SparseAutoencoder, reservoir_RD: torch.Tensor, center_D
         other_N = (u_ND * other_GD[group_N]).sum(1) > (u_ND * keep_GD[group_N]).sum(1)
 
         def group_mean(values_N: torch.Tensor, mask_N: torch.Tensor) -> torch.Tensor:
-            w_N = mask_N.to(values_N.dtype)
-            total = torch.zeros((n_groups, *values_N.shape[1:]), dtype=values_N.dtype, device=values_N.device)
-            count = torch.zeros(n_groups, dtype=values_N.dtype, device=values_N.device)
-            total.index_add_(0, group_N, values_N * w_N.reshape(-1, *([1] * (values_N.dim() - 1))))
-            count.index_add_(0, group_N, w_N)
-            return total / count.clamp_min(1).reshape(-1, *([1] * (values_N.dim() - 1)))
+            w_N = mask_N.to(values_N.dtype).reshape(-1, *([1] * (values_N.dim() - 1)))
+            return (segment_sum(values_N * w_N, group_N, n_groups)
+                    / segment_sum(w_N, group_N, n_groups).clamp_min(1))
 
         diff_GD = (group_mean(x_ND, other_N) - group_mean(x_ND, ~other_N)).double()
         sep_GD = torch.cholesky_solve(diff_GD.T, chol_DD).T.to(x_ND.dtype)
@@ -270,8 +273,13 @@ def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker
         cands_C = select_random_candidates(score_M, z, max_count, eligible_M & (freq_M > dead_freq), random_generator)
     if cands_C.numel() == 0:
         return empty
+    free_M = freq_M < dead_freq  # the only possible slots: without one, skip the reservoir pass
+    if protected_M is not None:
+        free_M &= ~protected_M.to(freq_M.device)
+    if not bool(free_M.any()):
+        return empty
     codes = encode_reservoir(model, reservoir_RD, cands_C.to(reservoir_RD.device), tracker.tau_act)
-    halves = _split_halves(model, reservoir_RD, center_D, cands_C, codes, min_rows)
+    halves = split_halves(model, reservoir_RD, center_D, cands_C, codes, min_rows)
     if not halves.latents:
         return empty
     kept_L = torch.tensor(halves.latents, dtype=torch.long)
