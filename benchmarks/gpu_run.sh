@@ -26,6 +26,24 @@ install() {  # wheels into .gpu/site (no index there)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .gpu/site "$@"
 }
 
+summary() {  # every finished SAE's last training-log line, printed and saved to OUT
+    python3 - "$out" <<'EOF'
+import json, sys
+from pathlib import Path
+rows = []
+for d in sorted(Path("runs/gpu16k/saes").iterdir()):
+    if not (d / "sae_meta.json").is_file():
+        continue
+    log = [json.loads(l) for l in (d / "train_log.jsonl").read_text().splitlines() if l.strip()]
+    rows.append({"sae": d.name, "last_log": log[-1], "meta": json.loads((d / "sae_meta.json").read_text())})
+Path(sys.argv[1], "gpu_train_summary.json").write_text(json.dumps(rows, indent=1))
+for r in rows:
+    log = r["last_log"]
+    print(f"{r['sae']:24s} EV {log['explained_variance']:.4f} mse {log['mse']:.3f} l0 {log['l0']:.1f} "
+          f"alive {log['frac_alive']:.3f} splits {log['n_splits']} repairs {log['n_repairs']}")
+EOF
+}
+
 case "$phase" in
 prepare)
     install .gpu/*.whl || exit 1
@@ -66,15 +84,7 @@ splits)
             echo "train $trainer seed $seed wall s: $(( $(date +%s) - s ))"
         done
     done
-    python3 - <<'EOF'
-import json
-from pathlib import Path
-for d in sorted(Path("runs/gpu16k/saes").iterdir()):
-    if (d / "sae_meta.json").is_file():
-        log = [json.loads(l) for l in (d / "train_log.jsonl").read_text().splitlines() if l.strip()][-1]
-        print(f"{d.name:24s} EV {log['explained_variance']:.4f} mse {log['mse']:.3f} l0 {log['l0']:.1f} "
-              f"alive {log['frac_alive']:.3f} splits {log['n_splits']}")
-EOF
+    summary
     bash benchmarks/gpu_run.sh pack "$out" fc_topk_k32_s0
     echo "splits phase wall s: $(( $(date +%s) - start ))"
     ;;
@@ -93,23 +103,6 @@ rel = np.linalg.norm(gpu - cpu, axis=1) / np.linalg.norm(cpu, axis=1)
 print(f"GPU vs CPU cache, first 1024 rows: identical={np.array_equal(gpu, cpu)} cosine min {cos.min():.5f} "
       f"median {np.median(cos):.6f}; relative error median {np.median(rel):.4f} max {rel.max():.4f}")
 EOF
-    summary() {
-        python3 - "$out" <<'EOF'
-import json, sys
-from pathlib import Path
-rows = []
-for d in sorted(Path("runs/gpu16k/saes").iterdir()):
-    if not (d / "sae_meta.json").is_file():
-        continue
-    log = [json.loads(l) for l in (d / "train_log.jsonl").read_text().splitlines() if l.strip()]
-    rows.append({"sae": d.name, "last_log": log[-1], "meta": json.loads((d / "sae_meta.json").read_text())})
-Path(sys.argv[1], "gpu_train_summary.json").write_text(json.dumps(rows, indent=1))
-for r in rows:
-    log = r["last_log"]
-    print(f"{r['sae']:24s} EV {log['explained_variance']:.4f} mse {log['mse']:.3f} l0 {log['l0']:.1f} "
-          f"alive {log['frac_alive']:.3f} splits {log['n_splits']} repairs {log['n_repairs']}")
-EOF
-    }
     # Seed 0 of every arm first; later seeds only while the call has time left.
     for seed in 0 1 2; do
         if [ $seed -gt 0 ] && [ $(( $(date +%s) - start )) -gt ${GPU_SEED_BUDGET_S:-240} ]; then
