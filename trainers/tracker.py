@@ -27,7 +27,7 @@ Exclusion among decoder neighbours (``neighbours`` = r > 0): each latent keeps i
 neighbours by cosine (refreshed by :meth:`refresh_neighbours`, O(M^2 D) in chunks, every few hundred
 steps) and an EMA C_ij of how often i and j fire together on the sampled rows; with R_ij = C_ij /
 (f_i f_j) (1 for independent latents, 0 for mutually exclusive ones), ``exclusion`` =
-max_j cos+(d_i, d_j) (1 - R_ij)+. Cost per step: an (M x r x hole_rows) boolean gather; 3 M r numbers.
+max_j cos+(d_i, d_j) (1 - R_ij)+. Cost per step: r lookups per active entry of the hole_rows sample; 3 M r numbers.
 
 :func:`encoder_suppression` (weights only, computed at snapshots): with unit decoder rows D and unit
 encoder columns E, G = D D^T, H = E D^T, supp_pc = (H_pc - G_pc H_pp) / sqrt(1 - G_pc^2) (p's
@@ -203,9 +203,12 @@ class FrequencyConsistencyTracker:
             return
         A_MS = torch.zeros(self.d_sae, s, dtype=torch.bool, device=self._freq_M.device)
         A_MS[latents_N, rows_N] = True
-        both_MRS = A_MS[:, None, :] & A_MS[self.neighbours_MR]
-        rate_MR = both_MRS.sum(-1, dtype=self._cofire_MR.dtype) / s
-        self._cofire_MR.mul_(self.beta).add_(rate_MR, alpha=1.0 - self.beta)
+        # Co-firing only happens where the latent fires: look its neighbours up at its own active
+        # entries (N x R lookups, N = nnz of the sample) rather than and-ing dense (M, R, S) masks.
+        # Entries are unique (a latent fires at most once per row), so the counts are exact.
+        both_NR = A_MS[self.neighbours_MR[latents_N], rows_N[:, None]]
+        count_MR = torch.zeros_like(self._cofire_MR).index_add_(0, latents_N, both_NR.to(self._cofire_MR.dtype))
+        self._cofire_MR.mul_(self.beta).add_(count_MR, alpha=(1.0 - self.beta) / s)
 
     @property
     def extra_bytes(self) -> int:
