@@ -8,8 +8,8 @@ inputs where the parent is present together with a child: the child latent has a
 parent's direction.
 
 Absorption rate = mean over parents of P(parent latent silent | parent and one child present).
-Printed for each trainer (default: TopK, the seed's FC split and its random control, the FC v2 repair
-and its control, BatchTopK, Matryoshka) at the same width and k, over several seeds.
+Printed for each trainer (default: TopK, the seed's FC split and its random control, the three FC v2
+repair designs and their control, BatchTopK, Matryoshka) at the same width and k, over several seeds.
 
     .venv/bin/python benchmarks/toy_absorption.py [--seeds 0 1 2] [--tokens 409600]
 """
@@ -104,8 +104,9 @@ def absorption_rate(weights: dict[str, torch.Tensor], arch: str, k: int, toy: To
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--trainers", nargs="+", default=["topk", "fc_topk", "random_split_topk", "fc2sup_topk",
-                                                       "random_repair_topk", "batchtopk", "matryoshka"])
+    ap.add_argument("--trainers", nargs="+", default=["topk", "fc_topk", "random_split_topk", "fc2_topk",
+                                                       "fc2enc_topk", "fc2sup_topk", "random_repair_topk",
+                                                       "batchtopk", "matryoshka"])
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--parents", type=int, default=6)
     ap.add_argument("--children", type=int, default=4)
