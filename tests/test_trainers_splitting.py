@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from trainers.resampling import resample_dead
-from trainers.splitting import SPLIT_COLUMNS, fc_split, select_candidates, select_random_candidates, select_slots
+from trainers.splitting import (SPLIT_COLUMNS, fc_split, reservoir_row_counts, select_candidates,
+                                select_random_candidates, select_slots)
 from trainers.topk import TopKSAE
 from trainers.relu_l1 import ReluL1SAE
 from trainers.tracker import FrequencyConsistencyTracker
@@ -219,6 +220,33 @@ def test_latents_above_max_freq_are_never_split_by_the_score_or_the_control():
         assert all(row["frequency"] <= 0.25 for row in guarded.rows)
         if control is None:
             assert {row["latent"] for row in unguarded.rows} & set(dense), "without the guard a dense latent splits"
+
+
+def test_random_control_draws_only_latents_with_enough_rows_to_split():
+    """Most living latents have fewer than min_rows rows in a short reservoir; the control draws among
+    the others, so it fills every slot instead of losing picks the surgery cannot cluster."""
+    gen = torch.Generator().manual_seed(4)
+    model = TopKSAE(D, M, k=1, generator=gen)
+    tracker = FrequencyConsistencyTracker(M, D, beta=0.5)
+    x_ND = torch.randn(1024, D, generator=gen)
+    for x_BD in x_ND.split(128):
+        tracker.update(x_BD, model.encode(x_BD))
+    tracker.reset([6, 7])  # the two slots
+    reservoir_RD, min_rows = x_ND[:48], 8
+    counts_M = reservoir_row_counts(model, reservoir_RD, tracker.tau_act)
+    assert counts_M.tolist() == [int((model.encode(reservoir_RD)[:, i] > 0).sum()) for i in range(M)]
+    living = torch.nonzero(tracker.frequency > 1e-5).squeeze(1).tolist()
+    splittable = {i for i in living if counts_M[i] >= min_rows}
+    assert 2 <= len(splittable) < len(living) - 2, "the setting needs rare living latents"
+    for seed in range(8):
+        trial = TopKSAE(D, M, k=1, generator=torch.Generator().manual_seed(4))
+        trial.load_state_dict(model.state_dict())
+        t = FrequencyConsistencyTracker(M, D, beta=0.5)
+        t.load_state_dict(tracker.state_dict())
+        result = fc_split(trial, torch.optim.Adam(trial.parameters()), t, reservoir_RD, trial.b_dec.data, step=1,
+                          z=0.0, max_split_frac=0.5, dead_freq=1e-5, min_rows=min_rows,
+                          random_generator=torch.Generator().manual_seed(seed))
+        assert len(result.rows) == 2 and {row["latent"] for row in result.rows} <= splittable
 
 
 def _reference_two_direction_patterns(u_ND: torch.Tensor, iters: int = 10):

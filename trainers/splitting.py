@@ -13,7 +13,8 @@ latents are split: a living latent is never overwritten. Moments and tracker sta
 are cleared (trainers.surgery).
 
 ``choose`` replaces the statistic: the random-surgery control picks as many candidates as the score
-rule would, uniformly among the eligible latents, and runs the same surgery.
+rule would, uniformly among the eligible latents with enough reservoir rows to be split, and runs the
+same surgery.
 """
 from __future__ import annotations
 
@@ -49,11 +50,22 @@ def select_candidates(score_M: torch.Tensor, z: float, max_count: int,
 
 
 def select_random_candidates(score_M: torch.Tensor, z: float, max_count: int, eligible_M: torch.Tensor,
-                             generator: torch.Generator) -> torch.Tensor:
-    """As many candidates as :func:`select_candidates` would pick, uniformly among the eligible."""
+                             generator: torch.Generator, pool_M: torch.Tensor | None = None) -> torch.Tensor:
+    """As many candidates as :func:`select_candidates` would pick among ``eligible_M``, drawn
+    uniformly from ``pool_M`` (default: the eligible latents)."""
     n = select_candidates(score_M, z, max_count, eligible_M).numel()
-    pool_C = torch.nonzero(eligible_M.cpu()).squeeze(1)
+    pool_C = torch.nonzero((eligible_M if pool_M is None else pool_M).cpu()).squeeze(1)
     return pool_C[torch.randperm(pool_C.numel(), generator=generator)[:n]].to(score_M.device)
+
+
+@torch.no_grad()
+def reservoir_row_counts(model: SparseAutoencoder, inputs_RD: torch.Tensor, tau_act: float,
+                         chunk: int = 4096) -> torch.Tensor:
+    """How many reservoir rows activate each latent (the rows a split would cluster)."""
+    count_M = torch.zeros(model.d_sae, dtype=torch.long, device=inputs_RD.device)
+    for i in range(0, inputs_RD.shape[0], chunk):
+        count_M += (model.encode(inputs_RD[i:i + chunk]).abs() > tau_act).sum(0)
+    return count_M
 
 
 def select_slots(frequency_M: torch.Tensor, n: int, exclude: torch.Tensor,
@@ -270,7 +282,7 @@ def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker
     if random_generator is None:
         cands_C = select_candidates(score_M, z, max_count, eligible_M)
     else:
-        cands_C = select_random_candidates(score_M, z, max_count, eligible_M & (freq_M > dead_freq), random_generator)
+        cands_C = select_candidates(score_M, z, max_count, eligible_M & (freq_M > dead_freq))
     if cands_C.numel() == 0:
         return empty
     free_M = freq_M < dead_freq  # the only possible slots: without one, skip the reservoir pass
@@ -278,6 +290,15 @@ def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker
         free_M &= ~protected_M.to(freq_M.device)
     if not bool(free_M.any()):
         return empty
+    if random_generator is not None:
+        # The control draws among the latents the surgery can split (at least min_rows activating
+        # reservoir rows). Drawn among all living latents, its rarer picks often lacked the rows to
+        # cluster, and it made about a third fewer splits than the score rule it controls.
+        alive_M = eligible_M & (freq_M > dead_freq)
+        splittable_M = alive_M & (reservoir_row_counts(model, reservoir_RD, tracker.tau_act) >= min_rows).to(alive_M.device)
+        cands_C = select_random_candidates(score_M, z, max_count, alive_M, random_generator, pool_M=splittable_M)
+        if cands_C.numel() == 0:
+            return empty
     codes = encode_reservoir(model, reservoir_RD, cands_C.to(reservoir_RD.device), tracker.tau_act)
     halves = split_halves(model, reservoir_RD, center_D, cands_C, codes, min_rows)
     if not halves.latents:
