@@ -13,7 +13,6 @@ living norm and zero bias). For each half it prints how often it would clear the
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +22,10 @@ import pipeline  # noqa: F401  (offline environment first)
 
 
 def main() -> None:
-    from safetensors.torch import load_file
 
     from cache_tools import open_store
+    from eval.sae import load_weights
+    from fc_base.sae_folder import SAEMeta
     from trainers.splitting import encode_reservoir, split_halves
     from trainers.surgery import RESAMPLED_ENCODER_SCALE
     from trainers.topk import TopKSAE
@@ -39,11 +39,11 @@ def main() -> None:
     torch.set_num_threads(2)
 
     folder = args.run_dir / "saes" / args.sae
-    meta = json.loads((folder / "sae_meta.json").read_text())
-    if meta.get("k") is None:
+    meta = SAEMeta.read(folder)
+    if meta.k is None:
         raise SystemExit(f"{folder}: not a TopK-style SAE (sae_meta.json has no k)")
-    w = load_file(str(folder / "sae_weights.safetensors"))
-    model = TopKSAE(w["W_enc"].shape[0], w["W_enc"].shape[1], int(meta["k"]))
+    w = load_weights(folder, meta)
+    model = TopKSAE(meta.d_in, meta.d_sae, meta.k)
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(model, name).copy_(w[name])

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eval.absorption_metrics import LETTER_METRICS, SUMMARY_METRICS
 from eval.runtime import file_lock, private_sae_bench_rng, stop_after_layer
 from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
 from fc_base.errors import check
@@ -226,8 +227,6 @@ class SharedPromptActivations:
             write_atomic(self.path, lambda tmp: torch.save(self.acts, tmp))
 
 
-SUMMARY_METRICS = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features")
-LETTER_METRICS = ("absorption_fraction", "full_absorption_rate", "num_split_features")
 
 
 def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: AbsorptionOptions,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eval.absorption_metrics import LETTER_METRIC_OF
 from fc_base.io import write_text_atomic
 
 # Two-sided 95% Student t quantiles by degrees of freedom (no scipy needed for these few).
@@ -28,10 +29,6 @@ def t975(dof: int) -> float:
     return _T975.get(dof, 1.96 if dof > 30 else 2.0)
 
 
-# Summary metrics whose per-letter values are in the table as ``letter/<x>/<name>``.
-LETTER_METRIC = {"mean_absorption_fraction_score": "absorption_fraction",
-                 "mean_full_absorption_score": "full_absorption_rate",
-                 "mean_num_split_features": "num_split_features"}
 EVAL_STD_SUFFIX = "_eval_std"
 N_BOOT = 4000
 
@@ -85,7 +82,7 @@ def paired_comparison(table: pd.DataFrame, metrics: list[str], baseline: str, ev
 
 def _letter_diffs(own: pd.DataFrame, base: pd.DataFrame, metric: str, seeds: list) -> np.ndarray | None:
     """Seed x letter differences (NaN where a letter was not scored) or None without letter rows."""
-    name = LETTER_METRIC.get(metric)
+    name = LETTER_METRIC_OF.get(metric)
     cols = [c for c in own.columns if name and c.startswith("letter/") and c.endswith("/" + name)]
     if not cols or not all(c in base for c in cols):
         return None

@@ -69,7 +69,8 @@ class FolderSAE(BaseSAE):
         return self.decode(self.encode(x))
 
 
-def _load_weights(folder: Path, meta: SAEMeta) -> dict[str, torch.Tensor]:
+def load_weights(folder: Path, meta: SAEMeta) -> dict[str, torch.Tensor]:
+    """The SAE's tensors, checked against ``sae_meta.json`` (shapes) and for NaN/inf."""
     from safetensors.torch import load_file
 
     path = folder / WEIGHTS_FILE
@@ -94,4 +95,4 @@ def load_sae(folder: str | Path, *, device: str = "cpu", dtype: torch.dtype = to
     """Load a finished SAE folder as an SAE-Bench custom SAE (checks shapes and finiteness)."""
     folder = Path(folder)
     meta = SAEMeta.read(folder)
-    return FolderSAE(_load_weights(folder, meta), meta, device=device, dtype=dtype)
+    return FolderSAE(load_weights(folder, meta), meta, device=device, dtype=dtype)

@@ -1,0 +1,8 @@
+"""Names of sae-bench's absorption metrics, shared by the eval and the comparisons (no torch import)."""
+
+SUMMARY_METRICS = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features")
+"""sae-bench's summary metrics: the mean over the letters used of each per-letter metric below."""
+LETTER_METRICS = ("absorption_fraction", "full_absorption_rate", "num_split_features")
+"""The per-letter metrics, stored as ``letter/<x>/<name>`` rows."""
+LETTER_METRIC_OF = dict(zip(SUMMARY_METRICS, LETTER_METRICS))
+"""Summary metric -> its per-letter metric."""
