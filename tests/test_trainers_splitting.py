@@ -194,26 +194,36 @@ def test_threshold_ignores_protected_latents_and_random_control_matches_the_coun
     assert all(len(p) == 2 and 8 not in p for p in picks) and len({tuple(sorted(p)) for p in picks}) > 3
 
 
-def test_latents_above_max_freq_are_never_split_by_the_score_or_the_control():
+def _tracked_model(k: int, slots: list[int]) -> tuple[TopKSAE, FrequencyConsistencyTracker, torch.Tensor]:
+    """A random TopK SAE, its tracker after 1024 random inputs, and the inputs; ``slots`` reset (dead)."""
     gen = torch.Generator().manual_seed(4)
-    model = TopKSAE(D, M, k=2, generator=gen)
+    model = TopKSAE(D, M, k=k, generator=gen)
     tracker = FrequencyConsistencyTracker(M, D, beta=0.5)
     x_ND = torch.randn(1024, D, generator=gen)
     for x_BD in x_ND.split(128):
         tracker.update(x_BD, model.encode(x_BD))
-    tracker.reset([6, 7])  # the slots
+    tracker.reset(slots)
+    return model, tracker, x_ND
+
+
+def _copy(model: TopKSAE, tracker: FrequencyConsistencyTracker) -> tuple[TopKSAE, FrequencyConsistencyTracker]:
+    trial = TopKSAE(D, M, k=model.k, generator=torch.Generator().manual_seed(4))
+    trial.load_state_dict(model.state_dict())
+    t = FrequencyConsistencyTracker(M, D, beta=0.5)
+    t.load_state_dict(tracker.state_dict())
+    return trial, t
+
+
+def test_latents_above_max_freq_are_never_split_by_the_score_or_the_control():
+    model, tracker, x_ND = _tracked_model(k=2, slots=[6, 7])
     freq = tracker.frequency
     dense = torch.nonzero(freq > 0.25).squeeze(1).tolist()
     assert dense and int(tracker.absorption_score.argmax()) in dense, "the score's favourite must be a dense latent"
     for control in (None, torch.Generator().manual_seed(1)):
-        trial = TopKSAE(D, M, k=2, generator=torch.Generator().manual_seed(4))
-        trial.load_state_dict(model.state_dict())
-        t = FrequencyConsistencyTracker(M, D, beta=0.5)
-        t.load_state_dict(tracker.state_dict())
+        trial, t = _copy(model, tracker)
         unguarded = fc_split(trial, torch.optim.Adam(trial.parameters()), t, x_ND, trial.b_dec.data, step=1, z=0.0,
                              max_split_frac=0.5, dead_freq=1e-5, min_rows=4, random_generator=control)
-        trial.load_state_dict(model.state_dict())
-        t.load_state_dict(tracker.state_dict())
+        trial, t = _copy(model, tracker)
         guarded = fc_split(trial, torch.optim.Adam(trial.parameters()), t, x_ND, trial.b_dec.data, step=1, z=0.0,
                            max_split_frac=0.5, dead_freq=1e-5, min_rows=4, random_generator=control, max_freq=0.25)
         assert guarded.rows, "sparser candidates remain"
@@ -225,13 +235,7 @@ def test_latents_above_max_freq_are_never_split_by_the_score_or_the_control():
 def test_random_control_draws_only_latents_with_enough_rows_to_split():
     """Most living latents have fewer than min_rows rows in a short reservoir; the control draws among
     the others, so it fills every slot instead of losing picks the surgery cannot cluster."""
-    gen = torch.Generator().manual_seed(4)
-    model = TopKSAE(D, M, k=1, generator=gen)
-    tracker = FrequencyConsistencyTracker(M, D, beta=0.5)
-    x_ND = torch.randn(1024, D, generator=gen)
-    for x_BD in x_ND.split(128):
-        tracker.update(x_BD, model.encode(x_BD))
-    tracker.reset([6, 7])  # the two slots
+    model, tracker, x_ND = _tracked_model(k=1, slots=[6, 7])
     reservoir_RD, min_rows = x_ND[:48], 8
     counts_M = reservoir_row_counts(model, reservoir_RD, tracker.tau_act)
     assert counts_M.tolist() == [int((model.encode(reservoir_RD)[:, i] > 0).sum()) for i in range(M)]
@@ -239,10 +243,7 @@ def test_random_control_draws_only_latents_with_enough_rows_to_split():
     splittable = {i for i in living if counts_M[i] >= min_rows}
     assert 2 <= len(splittable) < len(living) - 2, "the setting needs rare living latents"
     for seed in range(8):
-        trial = TopKSAE(D, M, k=1, generator=torch.Generator().manual_seed(4))
-        trial.load_state_dict(model.state_dict())
-        t = FrequencyConsistencyTracker(M, D, beta=0.5)
-        t.load_state_dict(tracker.state_dict())
+        trial, t = _copy(model, tracker)
         result = fc_split(trial, torch.optim.Adam(trial.parameters()), t, reservoir_RD, trial.b_dec.data, step=1,
                           z=0.0, max_split_frac=0.5, dead_freq=1e-5, min_rows=min_rows,
                           random_generator=torch.Generator().manual_seed(seed))
