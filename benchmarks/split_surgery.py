@@ -74,7 +74,8 @@ def main() -> None:
     def show(label: str, r_2L: torch.Tensor) -> None:
         q = torch.quantile(r_2L.flatten(), torch.tensor([0.0, 0.5, 1.0])).tolist()
         print(f"{label:44s} kept/slot median {r_2L[0].median():6.2f} / {r_2L[1].median():6.2f}   "
-              f"all halves min {q[0]:.2f} median {q[1]:.2f} max {q[2]:.2f}")
+              f"all halves min {q[0]:.2f} median {q[1]:.2f} max {q[2]:.2f}; "
+              f"above 2x {float((r_2L > 2).float().mean()):.0%}, below 0.05x {float((r_2L < 0.05).float().mean()):.0%}")
 
     print(f"{args.sae}: {len(lat)} latents split (parent frequency {parent.min():.3f}-{parent.max():.3f}), "
           f"{args.rows} rows; half's firing rate / parent's:")
