@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= demo
 RUN_DIR ?= runs/$(PRESET)
+CONFIG ?=
 PYTEST_ARGS ?=
 
 .PHONY: setup test run eval results down clean-runs
@@ -15,7 +16,7 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 run: setup
-	@bash scripts/run.sh full "$(PRESET)" "$(RUN_DIR)"
+	@bash scripts/run.sh full "$(PRESET)" "$(RUN_DIR)" "$(CONFIG)"
 
 eval: setup
 	@bash scripts/run.sh eval "$(PRESET)" "$(RUN_DIR)"

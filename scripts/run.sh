@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # make run / make eval: start (if needed) a local Prefect server and the fc-sae runner in the
 # background, trigger `prefect deployment run fc-sae/<MODE>`, wait, and print the results.
-# Usage: scripts/run.sh full|eval PRESET RUN_DIR
+# Usage: scripts/run.sh full|eval PRESET RUN_DIR [CONFIG_FILE]
+# CONFIG_FILE (JSON/YAML, may name a preset and override fields) replaces PRESET for a full run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODE=${1:-full}; PRESET=${2:-demo}; RUN_DIR=${3:-runs/$PRESET}
+MODE=${1:-full}; PRESET=${2:-demo}; RUN_DIR=${3:-runs/$PRESET}; CONFIG_FILE=${4:-}
 RUN_DIR=$(python3 -c 'import os,sys;print(os.path.abspath(sys.argv[1]))' "$RUN_DIR")
+CONFIG_PARAM=()
+if [ -n "$CONFIG_FILE" ]; then
+  [ -f "$CONFIG_FILE" ] || { echo "run: config file $CONFIG_FILE does not exist" >&2; exit 2; }
+  CONFIG_PARAM=(--param "config_file=$(python3 -c 'import os,sys;print(os.path.abspath(sys.argv[1]))' "$CONFIG_FILE")")
+fi
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 BIN=.venv/bin
 STATE=.prefect
@@ -40,9 +46,9 @@ if ! alive "$STATE/runner.pid"; then
   done
 fi
 
-echo "run: prefect deployment run fc-sae/$MODE (preset $PRESET, run dir $RUN_DIR)"
+echo "run: prefect deployment run fc-sae/$MODE (preset $PRESET${CONFIG_FILE:+, config $CONFIG_FILE}, run dir $RUN_DIR)"
 start=$(date +%s)
-"$BIN/prefect" deployment run "fc-sae/$MODE" --param "preset=$PRESET" --param "run_dir=$RUN_DIR" --watch
+"$BIN/prefect" deployment run "fc-sae/$MODE" --param "preset=$PRESET" --param "run_dir=$RUN_DIR" ${CONFIG_PARAM[@]+"${CONFIG_PARAM[@]}"} --watch
 echo "run: finished in $(( $(date +%s) - start )) s"
 "$BIN/fc-sae" results --run-dir "$RUN_DIR"
 echo "results table: $RUN_DIR/results.parquet   (pandas: pd.read_parquet('$RUN_DIR/results.parquet'))"
