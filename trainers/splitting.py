@@ -295,7 +295,8 @@ def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker
         # reservoir rows). Drawn among all living latents, its rarer picks often lacked the rows to
         # cluster, and it made about a third fewer splits than the score rule it controls.
         alive_M = eligible_M & (freq_M > dead_freq)
-        splittable_M = alive_M & (reservoir_row_counts(model, reservoir_RD, tracker.tau_act) >= min_rows).to(alive_M.device)
+        rows_M = reservoir_row_counts(model, reservoir_RD, tracker.tau_act).to(alive_M.device)
+        splittable_M = alive_M & (rows_M >= min_rows)
         cands_C = select_random_candidates(score_M, z, max_count, alive_M, random_generator, pool_M=splittable_M)
         if cands_C.numel() == 0:
             return empty
