@@ -9,7 +9,8 @@ parent's direction.
 
 Absorption rate = mean over parents of P(parent latent silent | parent and one child present).
 Printed for each trainer (default: TopK, the seed's FC split and its random control, the three FC v2
-repair designs and their control, BatchTopK, Matryoshka) at the same width and k, over several seeds.
+repair designs and the controls of the two repair surgeries, BatchTopK, Matryoshka) at the same
+width and k, over several seeds.
 
     .venv/bin/python benchmarks/toy_absorption.py [--seeds 0 1 2] [--tokens 409600]
 """
@@ -106,7 +107,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--trainers", nargs="+", default=["topk", "fc_topk", "random_split_topk", "fc2_topk",
                                                        "fc2enc_topk", "fc2sup_topk", "random_repair_topk",
-                                                       "batchtopk", "matryoshka"])
+                                                       "random_repair_enc_topk", "batchtopk", "matryoshka"])
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--parents", type=int, default=6)
     ap.add_argument("--children", type=int, default=4)

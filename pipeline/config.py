@@ -354,7 +354,7 @@ def _experiment_gpu() -> RunConfig:
 
 
 FC_TRAINERS = ["topk", "fc_topk", "random_split_topk", "fc2_topk", "fc2enc_topk", "fc2sup_topk", "random_repair_topk",
-               "relu_l1", "fc_relu_l1", "random_split_relu_l1", "batchtopk", "matryoshka"]
+               "relu_l1", "fc_relu_l1", "random_split_relu_l1", "batchtopk", "matryoshka", "random_repair_enc_topk"]
 
 
 def _synth_fc() -> RunConfig:

@@ -4,7 +4,8 @@
   both encoders re-fit);
 - ``fc2enc_topk``: repair mode ``encoder`` (only the parent's encoder is re-fit);
 - ``fc2sup_topk``: mode ``decoder``, parents flagged by encoder suppression instead of the hole score;
-- ``random_repair_topk``: the control, mode ``decoder`` on randomly flagged parents.
+- ``random_repair_topk``: the control of the decoder mode, on randomly flagged parents;
+- ``random_repair_enc_topk``: the control of the encoder mode, on randomly flagged parents.
 
 No event before the tracker's EMAs have seen 1 / (1 - beta) steps; recently touched latents are
 neither flagged nor part of the threshold's statistics.
@@ -53,8 +54,8 @@ def repair_maintain(mode: str, control: bool = False, statistic: str = "hole_sco
 
 def _repair_recipe(name: str, description: str, mode: str, control: bool = False,
                    statistic: str = "hole_score") -> Recipe:
-    # random_repair_topk repeats the decoder-mode surgery; the encoder mode has no control arm yet.
-    control_arm = "random_repair_topk" if mode == "decoder" and not control else None
+    # Each repair mode has its control: the same surgery on randomly flagged parents.
+    control_arm = None if control else {"decoder": "random_repair_topk", "encoder": "random_repair_enc_topk"}[mode]
     return Recipe(name, description, TOPK.build, options=(*TOPK.options, FC2Options),
                   maintain=repair_maintain(mode, control, statistic), control=control_arm)
 
@@ -68,3 +69,6 @@ FC2SUP_TOPK = register(_repair_recipe(
     statistic="encoder_suppression"))
 RANDOM_REPAIR_TOPK = register(_repair_recipe(
     "random_repair_topk", "TopK + fc2_topk's repair on randomly flagged latents (control)", "decoder", control=True))
+RANDOM_REPAIR_ENC_TOPK = register(_repair_recipe(
+    "random_repair_enc_topk", "TopK + fc2enc_topk's repair on randomly flagged latents (control)", "encoder",
+    control=True))
