@@ -22,7 +22,6 @@ import pipeline  # noqa: F401  (offline environment first)
 
 
 def main() -> None:
-
     from cache_tools import open_store
     from eval.sae import load_weights
     from fc_base.sae_folder import SAEMeta

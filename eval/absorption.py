@@ -227,8 +227,6 @@ class SharedPromptActivations:
             write_atomic(self.path, lambda tmp: torch.save(self.acts, tmp))
 
 
-
-
 def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: AbsorptionOptions,
                    llm_batch_size: int, probe_seeds: list[int] | None = None) -> tuple[AbsorptionResult, list[dict]]:
     """sae-bench absorption metrics for one SAE against the shared probe artifacts, averaged over

@@ -325,9 +325,9 @@ def _experiment() -> RunConfig:
     # epoch), width 4096, an L0 sweep (k 16, 32, 64), 3 seeds: TopK, the FC v2 repair, the seed's FC
     # split, their random-surgery controls and Matryoshka at every k, BatchTopK and the repair designs
     # A and B at k 32 only (63 SAEs; about 4 h 05 on 2 cores, over the 150-min target: README, "The
-    # experiment"). ReLU+L1 is cut: its
-    # L1 weights would need a calibration sweep per L0 on this model. The seed's split skips latents
-    # firing on more than 10% of tokens: unguarded, it split such dense latents and diverged.
+    # experiment"). ReLU+L1 is cut: its L1 weights would need a calibration sweep per L0 on this
+    # model. The seed's split skips latents firing on more than 10% of tokens: unguarded, it split
+    # such dense latents and diverged.
     cfg = _demo()
     cfg.preset = "experiment"
     cfg.harvest = HarvestConfig(n_tokens=1_015_808, batch_size=32, shard_rows=32768, chunk_rows=16384)

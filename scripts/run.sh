@@ -6,11 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-full}; PRESET=${2:-demo}; RUN_DIR=${3:-runs/$PRESET}; CONFIG_FILE=${4:-}
-RUN_DIR=$(python3 -c 'import os,sys;print(os.path.abspath(sys.argv[1]))' "$RUN_DIR")
+abspath() { python3 -c 'import os,sys;print(os.path.abspath(sys.argv[1]))' "$1"; }
+RUN_DIR=$(abspath "$RUN_DIR")
 CONFIG_PARAM=()
 if [ -n "$CONFIG_FILE" ]; then
   [ -f "$CONFIG_FILE" ] || { echo "run: config file $CONFIG_FILE does not exist" >&2; exit 2; }
-  CONFIG_PARAM=(--param "config_file=$(python3 -c 'import os,sys;print(os.path.abspath(sys.argv[1]))' "$CONFIG_FILE")")
+  CONFIG_PARAM=(--param "config_file=$(abspath "$CONFIG_FILE")")
 fi
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 BIN=.venv/bin

@@ -49,13 +49,17 @@ def select_candidates(score_M: torch.Tensor, z: float, max_count: int,
     return above_C[order][:max_count]
 
 
+def draw_uniform(pool_M: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Up to n latents drawn uniformly without replacement from the marked ones."""
+    pool_C = torch.nonzero(pool_M.cpu()).squeeze(1)
+    return pool_C[torch.randperm(pool_C.numel(), generator=generator)[:n]].to(pool_M.device)
+
+
 def select_random_candidates(score_M: torch.Tensor, z: float, max_count: int, eligible_M: torch.Tensor,
-                             generator: torch.Generator, pool_M: torch.Tensor | None = None) -> torch.Tensor:
-    """As many candidates as :func:`select_candidates` would pick among ``eligible_M``, drawn
-    uniformly from ``pool_M`` (default: the eligible latents)."""
+                             generator: torch.Generator) -> torch.Tensor:
+    """As many candidates as :func:`select_candidates` would pick, uniformly among the eligible."""
     n = select_candidates(score_M, z, max_count, eligible_M).numel()
-    pool_C = torch.nonzero((eligible_M if pool_M is None else pool_M).cpu()).squeeze(1)
-    return pool_C[torch.randperm(pool_C.numel(), generator=generator)[:n]].to(score_M.device)
+    return draw_uniform(eligible_M, n, generator).to(score_M.device)
 
 
 @torch.no_grad()
@@ -279,10 +283,9 @@ def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker
         eligible_M &= ~protected_M.to(score_M.device)
     empty = SplitResult([], torch.empty(0, dtype=torch.long))
     max_count = max(1, int(max_split_frac * model.d_sae))
-    if random_generator is None:
-        cands_C = select_candidates(score_M, z, max_count, eligible_M)
-    else:
-        cands_C = select_candidates(score_M, z, max_count, eligible_M & (freq_M > dead_freq))
+    if random_generator is not None:
+        eligible_M &= freq_M > dead_freq  # the control never picks a dead latent
+    cands_C = select_candidates(score_M, z, max_count, eligible_M)
     if cands_C.numel() == 0:
         return empty
     free_M = freq_M < dead_freq  # the only possible slots: without one, skip the reservoir pass
@@ -291,13 +294,11 @@ def fc_split(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, tracker
     if not bool(free_M.any()):
         return empty
     if random_generator is not None:
-        # The control draws among the latents the surgery can split (at least min_rows activating
-        # reservoir rows). Drawn among all living latents, its rarer picks often lacked the rows to
-        # cluster, and it made about a third fewer splits than the score rule it controls.
-        alive_M = eligible_M & (freq_M > dead_freq)
-        rows_M = reservoir_row_counts(model, reservoir_RD, tracker.tau_act).to(alive_M.device)
-        splittable_M = alive_M & (rows_M >= min_rows)
-        cands_C = select_random_candidates(score_M, z, max_count, alive_M, random_generator, pool_M=splittable_M)
+        # The control draws as many latents as the score rule picked, among those the surgery can
+        # split (at least min_rows activating reservoir rows). Drawn among all living latents, its
+        # rarer picks often lacked the rows to cluster, and it made about a third fewer splits.
+        rows_M = reservoir_row_counts(model, reservoir_RD, tracker.tau_act).to(eligible_M.device)
+        cands_C = draw_uniform(eligible_M & (rows_M >= min_rows), cands_C.numel(), random_generator)
         if cands_C.numel() == 0:
             return empty
     codes = encode_reservoir(model, reservoir_RD, cands_C.to(reservoir_RD.device), tracker.tau_act)
