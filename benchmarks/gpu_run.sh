@@ -8,6 +8,8 @@
 #   bash benchmarks/gpu_run.sh rebuild OUT     # .gpu/: only the model snapshot (no benchmarks)
 #   bash benchmarks/gpu_run.sh splits OUT      # .whl/: harvest, then the seed-split arms
 #                                              #   (fc_topk, random_split_topk) of experiment-gpu
+#   bash benchmarks/gpu_run.sh control OUT     # .whl/: harvest, then only the random-split control
+#                                              #   (seeds 0-2), and the demo-shape tracker overhead
 #
 # prepare: GPU facts, bf16 matmul rate, rebuild the sliced Gemma as the project's snapshot, tracker
 #   overhead at the seed's shape (m 16384 and 65536) and at the demo shape.
@@ -87,6 +89,22 @@ splits)
     summary
     bash benchmarks/gpu_run.sh pack "$out" fc_topk_k32_s0
     echo "splits phase wall s: $(( $(date +%s) - start ))"
+    ;;
+control)
+    install .whl/*.whl || exit 1
+    start=$(date +%s)
+    python3 -m pipeline.cli harvest --preset experiment-gpu --run-dir $run || exit 1
+    echo "harvest wall s: $(( $(date +%s) - start ))"
+    for seed in 0 1 2; do
+        s=$(date +%s)
+        python3 -m pipeline.cli train --preset experiment-gpu --run-dir $run --seed $seed \
+            --trainer random_split_topk 2>&1 | grep -v "step/s" | tail -3
+        echo "train random_split_topk seed $seed wall s: $(( $(date +%s) - s ))"
+    done
+    summary
+    bash benchmarks/gpu_run.sh pack "$out" random_split_topk_k32_s0
+    timeout 90 python3 benchmarks/tracker_overhead.py --device cuda --blocks 10 --steps 20
+    echo "control phase wall s: $(( $(date +%s) - start ))"
     ;;
 experiment)
     install .whl/*.whl || exit 1
