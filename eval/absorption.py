@@ -278,24 +278,33 @@ def _summary(used: list[dict]) -> dict[str, float]:
 def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts, opts: AbsorptionOptions,
                                llm_batch_size: int, probe_seed: int
                                ) -> tuple[list[dict], int, tuple[set[int], set[int]]]:
-    """sae-bench's k-sparse probing (seeded by ``probe_seed``) and absorption calculator for one SAE."""
+    """sae-bench's k-sparse probing (seeded by ``probe_seed``) and absorption calculator for one SAE.
+
+    The k-sparse probes are trained by sae-bench; their scoring and F1 go through ``eval.k_sparse``,
+    which gives sae-bench's numbers without its per-word loops and intermediate files."""
     from sae_bench.evals.absorption import feature_absorption as fa
+    from sae_bench.evals.absorption.common import load_probe, load_probe_data_split_or_train, load_or_train_probe
     from sae_bench.evals.absorption.feature_absorption_calculator import FeatureAbsorptionCalculator
-    from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
+    from sae_bench.evals.absorption.k_sparse_probing import train_k_sparse_probes
     from sae_bench.evals.absorption.main import _aggregate_results_df
     from sae_bench.evals.absorption.prompting import first_letter_formatter
+
+    from eval import k_sparse
 
     layer = probe.layer
     n_train = int(len(probe.words) * 0.8)
     precalc = n_train * sae.cfg.d_sae * 4 < 2 * 1024**3  # SAE codes of the train words fit in memory
+    split_args = dict(base_template=TEMPLATE, pos_idx=probe.token_pos, probes_dir=probe.probes_dir, layer=layer,
+                      device="cpu")
     with private_sae_bench_rng(1000 + probe_seed), stop_after_layer(model, layer):
-        metrics_df = run_k_sparse_probing_experiment(
-            model=model, sae=sae, layer=layer, sae_name=sae_name, max_k_value=opts.max_k,
-            prompt_template=TEMPLATE, prompt_token_pos=probe.token_pos, device=str(sae.device),
-            experiment_dir=probe.root / "k_sparse_probing", probes_dir=probe.probes_dir, force=True,
-            f1_jump_threshold=F1_JUMP_THRESHOLD, k_sparse_probe_l1_decay=L1_DECAY,
-            k_sparse_probe_num_epochs=opts.probe_epochs, precalc_k_sparse_probe_sae_acts=precalc,
-            verbose=False)
+        gt_probe = load_or_train_probe(model=model, layer=layer, probes_dir=probe.probes_dir, base_template=TEMPLATE,
+                                       pos_idx=probe.token_pos, device=str(sae.device))
+        train_acts, train_labels = load_probe_data_split_or_train(model, split="train", **split_args)
+        k_probes = train_k_sparse_probes(sae, train_labels, train_acts, ks=list(range(1, opts.max_k + 1)),
+                                         l1_decay=L1_DECAY, num_epochs=opts.probe_epochs, precalc_sae_acts=precalc)
+        test_acts, test_labels = load_probe_data_split_or_train(model, split="test", **split_args)
+        scores_df = k_sparse.raw_scores(sae, gt_probe, k_probes, test_labels, test_acts)
+    metrics_df = k_sparse.metrics_frame(scores_df, k_probes, opts.max_k, F1_JUMP_THRESHOLD)
     # In-context examples come from the word sample (sae-bench would use the whole vocabulary, whose
     # odd tokens break its equal-length prompts); seeded so every SAE and probe seed sees the same
     # prompts and the prompt activations are shared.
@@ -309,9 +318,10 @@ def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts,
             probe_projection_proportion_threshold=fa.ABSORPTION_PROBE_PROJECTION_PROPORTION_THRESHOLD,
             absorption_fraction_max_absorbing_latents=fa.ABSORPTION_FRACTION_MAX_ABSORBING_LATENTS,
             batch_size=llm_batch_size)
-        raw_df = fa.load_and_run_calculate_projections_and_cos_sims(
-            prompt_model, sae, calculator, metrics_df, sae_name=sae_name, layer=layer, probes_dir=probe.probes_dir,
-            sparse_probing_task_output_dir=probe.root / "k_sparse_probing" / sae_name, device=str(sae.device))
+        raw_df = fa.calculate_projection_and_cos_sims(
+            calculator, sae, load_probe(model_name=model.cfg.model_name, layer=layer, probes_dir=probe.probes_dir,
+                                        device=str(sae.device)),
+            likely_negs=k_sparse.likely_false_negatives(metrics_df, scores_df), layer=layer)
         prompt_model.save()
     if raw_df.empty:
         raise RuntimeError("the ground-truth probe fired on no test word: nothing to measure absorption on")

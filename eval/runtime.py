@@ -76,12 +76,43 @@ def private_sae_bench_rng(seed: int) -> Iterator[None]:
         try:
             for m in mods:
                 m.random = py_rng
-            probing.DataLoader = functools.partial(DataLoader, generator=gen)
+            probing.DataLoader = functools.partial(batched_loader, generator=gen)
             probing.nn = _SeededNN(gen)
             yield
         finally:
             for m, attr, value in reversed(saved):
                 setattr(m, attr, value)
+
+
+class _RowBatches(torch.utils.data.Dataset):
+    """A TensorDataset's rows fetched a batch at a time: ``__getitems__`` hands the batch's indices to
+    the collate function, which gathers every tensor's rows with one index operation."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...]):
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitems__(self, indices: list[int]) -> list[int]:
+        return indices
+
+    def gather(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        idx = torch.as_tensor(indices)
+        return tuple(t[idx] for t in self.tensors)
+
+
+def batched_loader(dataset, *args, **kwargs):
+    """``DataLoader(dataset, ...)`` as sae-bench's probe training calls it, with the same batches in
+    the same order (torch's own samplers, the same generator draws), but a TensorDataset's rows
+    gathered per batch instead of fetched and stacked one by one (about 4 s of each k-sparse probe
+    training on 2 cores). The rows are copies of the same values, so training is bit-identical."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    if isinstance(dataset, TensorDataset) and "collate_fn" not in kwargs:
+        rows = _RowBatches(dataset.tensors)
+        return DataLoader(rows, *args, collate_fn=rows.gather, **kwargs)
+    return DataLoader(dataset, *args, **kwargs)
 
 
 class _SeededNN:

@@ -311,10 +311,11 @@ def _synth() -> RunConfig:
 
 
 EXPERIMENT_TRAINERS = ["topk", "fc2sup_topk", "random_repair_topk", "matryoshka", "fc_topk", "random_split_topk",
-                       "batchtopk", "fc2_topk", "fc2enc_topk"]
+                       "batchtopk", "fc2_topk", "fc2enc_topk", "random_repair_enc_topk"]
 """The experiment's arms: the baseline, the kept FC v2 repair and its random-surgery control, Matryoshka,
 the seed's FC split and its random-split control, BatchTopK, and the two FC v2 repair designs the
-ground-truth benchmark did not keep (hole-score flagged; docs/FC_V2.md)."""
+ground-truth benchmark did not keep (hole-score flagged; docs/FC_V2.md), design B with its own
+random-parent control (design A's control is ``random_repair_topk``)."""
 EXPERIMENT_SWEEP_TRAINERS = EXPERIMENT_TRAINERS[:6]
 """The arms trained at every L0; BatchTopK and the two other repair designs only at the main point (k 32)."""
 EXPERIMENT_KS = (32, 16, 64)  # training order: the main point first
@@ -323,9 +324,9 @@ EXPERIMENT_KS = (32, 16, 64)  # training order: the main point first
 def _experiment() -> RunConfig:
     # The research comparison on Gemma-3-270m: 98% of the offline corpus (31 shards of 32768 rows, one
     # epoch), width 4096, an L0 sweep (k 16, 32, 64), 3 seeds: TopK, the FC v2 repair, the seed's FC
-    # split, their random-surgery controls and Matryoshka at every k, BatchTopK and the repair designs
-    # A and B at k 32 only (63 SAEs; about 4 h 05 on 2 cores, over the 150-min target: README, "The
-    # experiment"). ReLU+L1 is cut: its L1 weights would need a calibration sweep per L0 on this
+    # split, their random-surgery controls and Matryoshka at every k, BatchTopK, the repair designs
+    # A and B and design B's control at k 32 only (66 SAEs; over the 150-min target on 2 cores:
+    # README, "The experiment"). ReLU+L1 is cut: its L1 weights would need a calibration sweep per L0 on this
     # model. The seed's split skips latents firing on more than 10% of tokens: unguarded, it split
     # such dense latents and diverged.
     cfg = _demo()

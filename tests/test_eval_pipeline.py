@@ -48,20 +48,107 @@ def test_absorption_rows_use_sae_bench_metric_names_and_keep_every_letter(table)
         assert rows["n_main_latents"] >= 1
 
 
-def test_absorption_probe_is_shared_and_k_sparse_probes_are_per_sae(run_dir):
+def test_absorption_probe_and_prompt_activations_are_shared(run_dir):
     roots = list((run_dir / "eval_artifacts" / "absorption").iterdir())
     assert len(roots) == 1  # one (model, layer, word sample) for the whole run
     assert roots[0].name.endswith("_bs64")  # the probe's LLM batch size is part of its key
     probes = list(roots[0].glob("probes/**/probe.pth"))
     assert len(probes) == 1
-    per_sae = sorted(p.name for p in (roots[0] / "k_sparse_probing").iterdir())
-    assert per_sae == sorted(n for n, *_ in SAE_SPECS)
     forwards = [json.loads((run_dir / "eval" / n / "absorption.json").read_text())["details"]["prompt_forwards"]
                 for n in sorted(n for n, *_ in SAE_SPECS)]  # evaluation order
     assert forwards[0] > 0 and forwards[1:] == [0] * (len(SAE_SPECS) - 1)  # prompt activations shared
     # (across probe seeds too: the calculator's prompts do not depend on the probe seed)
     words = json.loads((roots[0] / "words.json").read_text())
     assert len(words) == tiny_config().eval.options["absorption"]["word_sample"] == len(set(words))
+
+
+def test_k_sparse_scoring_gives_sae_bench_numbers_bit_for_bit(run_dir, tmp_path, monkeypatch):
+    """eval.k_sparse against sae-bench's own raw scores, metrics and false-negative search, on the
+    run's shared probe and one of its SAEs with k-sparse probes trained by sae-bench (fed by the
+    batched loader, checked against torch's DataLoader)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from eval import runtime
+    from sae_bench.evals.absorption import k_sparse_probing as ksp
+    from sae_bench.evals.absorption.common import load_probe, load_probe_data_split_or_train
+    from sae_bench.evals.absorption.feature_absorption import get_stats_and_likely_false_negative_tokens
+
+    from eval import k_sparse
+    from eval.absorption import AbsorptionOptions, ensure_probe
+    from eval.runtime import private_sae_bench_rng
+    from eval.sae import load_sae
+    from fc_base.sae_folder import SAEMeta
+    from pipeline.evaluate import hooked_model
+
+    cfg = tiny_config()
+    folder = run_dir / "saes" / "fc_topk_s0"
+    meta = SAEMeta.read(folder)
+    model = hooked_model(meta.model_name, meta.model_source, cfg)
+    opts = AbsorptionOptions(**cfg.eval.options["absorption"])
+    probe = ensure_probe(model, meta.layer, run_dir / "eval_artifacts", opts, cfg.eval)
+    sae = load_sae(folder)
+    split = dict(base_template="{word} has the first letter:", pos_idx=probe.token_pos, probes_dir=probe.probes_dir,
+                 layer=meta.layer, device="cpu")
+    train_acts, train_labels = load_probe_data_split_or_train(model, split="train", **split)
+    test_acts, test_labels = load_probe_data_split_or_train(model, split="test", **split)
+    max_k = 4
+    with private_sae_bench_rng(7):
+        k_probes = ksp.train_k_sparse_probes(sae, train_labels, train_acts, ks=list(range(1, max_k + 1)),
+                                             num_epochs=5, precalc_sae_acts=True)
+    with monkeypatch.context() as m:
+        m.setattr(runtime, "batched_loader", DataLoader)  # rows fetched and stacked one by one
+        with private_sae_bench_rng(7):
+            ref_probes = ksp.train_k_sparse_probes(sae, train_labels, train_acts, ks=list(range(1, max_k + 1)),
+                                                   num_epochs=5, precalc_sae_acts=True)
+    for k in range(1, max_k + 1):
+        for label, ref_probe in ref_probes[k].items():
+            ours_probe = k_probes[k][label]
+            assert torch.equal(ours_probe.feature_ids, ref_probe.feature_ids)
+            assert torch.equal(ours_probe.weight, ref_probe.weight) and torch.equal(ours_probe.bias, ref_probe.bias)
+    gt_probe = load_probe(model.cfg.model_name, meta.layer, probe.probes_dir, device="cpu")
+
+    ref = ksp.eval_probe_and_sae_k_sparse_raw_scores(sae, gt_probe, k_probes, test_labels, test_acts)
+    ours = k_sparse.raw_scores(sae, gt_probe, k_probes, test_labels, test_acts)
+    assert len(ours) == len(ref) and list(ours["token"]) == list(ref["token"])
+    assert set(ours.columns) == {c for c in ref.columns if not c.endswith("_acts")}
+    for column in ours.columns:
+        assert ours[column].tolist() == ref[column].tolist(), column  # exact, not approximate
+
+    ref_metrics = ksp.build_metrics_df(ref, ksp.sae_k_sparse_metadata(sae, gt_probe, k_probes, "s", meta.layer),
+                                       max_k_value=max_k)
+    ksp.add_feature_splits_to_metrics_df(ref_metrics, max_k_value=max_k, f1_jump_threshold=0.03)
+    our_metrics = k_sparse.metrics_frame(ours, k_probes, max_k, 0.03)
+    for column in ["f1_probe"] + [f"f1_sparse_sae_{k}" for k in range(1, max_k + 1)] + ["num_split_features"]:
+        assert our_metrics[column].tolist() == ref_metrics[column].tolist(), column
+    assert our_metrics["split_feats"].tolist() == ref_metrics["split_feats"].tolist()
+
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    ref.to_parquet(raw_dir / ksp.get_sparse_probing_raw_results_filename("s", meta.layer))
+    ref_negs = get_stats_and_likely_false_negative_tokens(ref_metrics, "s", meta.layer, raw_dir)
+    assert k_sparse.likely_false_negatives(our_metrics, ours) == ref_negs
+    assert any(stats.potential_false_negatives for stats in ref_negs.values())  # the comparison saw words
+
+
+def test_batched_loader_gives_dataloaders_batches():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from eval.runtime import batched_loader
+
+    gen = torch.Generator().manual_seed(0)
+    x_ND = torch.randn(1000, 16, generator=gen)
+    y_NL = torch.nn.functional.one_hot(torch.randint(0, 26, (1000,), generator=gen)).float()
+    for batch_size in (1000, 256, 300):
+        ref = DataLoader(TensorDataset(x_ND, y_NL), batch_size=batch_size, shuffle=True,
+                         generator=torch.Generator().manual_seed(5))
+        ours = batched_loader(TensorDataset(x_ND, y_NL), batch_size=batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(5))
+        assert len(ours) == len(ref)
+        for _ in range(3):  # epochs: the generator is drawn from in the same way
+            for (xr, yr), (xo, yo) in zip(ref, ours, strict=True):
+                assert torch.equal(xr, xo) and torch.equal(yr, yo)
 
 
 def test_core_rows_hold_reconstruction_and_sparsity(table):
