@@ -60,11 +60,10 @@ def private_sae_bench_rng(seed: int) -> Iterator[None]:
     """Run sae-bench's absorption prompting and probing with generators seeded by ``seed`` alone.
 
     Inside the block those modules see a private ``random.Random(seed)``, their probes are initialised
-    and their DataLoaders shuffled from a private ``torch.Generator``, and no other thread of this
-    process is inside such a block (the lock also covers the model's ``stop_after_layer`` override)."""
+    and their DataLoaders shuffled from a private ``torch.Generator`` (and fed a batch at a time:
+    :func:`batched_loader`), and no other thread of this process is inside such a block (the lock
+    also covers the model's ``stop_after_layer`` override)."""
     import importlib
-
-    from torch.utils.data import DataLoader
 
     with _SAE_BENCH_LOCK:
         mods = [importlib.import_module(name) for name in _ABSORPTION_MODULES]
