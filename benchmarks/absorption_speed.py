@@ -24,10 +24,8 @@ import pipeline  # noqa: F401  (offline environment first)
 def sae_bench_path(model, sae, sae_name: str, probe, opts, llm_batch_size: int, probe_seed: int, out_dir: Path):
     """sae-bench's k-sparse probing and calculator for one probe seed, per-letter rows as the eval keeps them."""
     from sae_bench.evals.absorption import feature_absorption as fa
-    from sae_bench.evals.absorption.feature_absorption_calculator import FeatureAbsorptionCalculator
     from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
     from sae_bench.evals.absorption.main import _aggregate_results_df
-    from sae_bench.evals.absorption.prompting import first_letter_formatter
 
     from eval import absorption as ab
     from eval.runtime import file_lock, private_sae_bench_rng, stop_after_layer
@@ -43,14 +41,7 @@ def sae_bench_path(model, sae, sae_name: str, probe, opts, llm_batch_size: int, 
             precalc_k_sparse_probe_sae_acts=precalc, verbose=False)
     with private_sae_bench_rng(opts.word_sample_seed + 1), file_lock(probe.root / ".prompts.lock"):
         prompt_model = ab.SharedPromptActivations(model, layer, probe.token_pos, probe.root / "prompt_acts.pt")
-        calculator = FeatureAbsorptionCalculator(
-            model=prompt_model, icl_word_list=probe.words, max_icl_examples=ab.MAX_ICL_EXAMPLES,
-            base_template=ab.TEMPLATE, answer_formatter=first_letter_formatter(), word_token_pos=probe.token_pos,
-            full_absorption_probe_cos_sim_threshold=fa.FULL_ABSORPTION_PROBE_COS_THRESHOLD,
-            absorption_fraction_probe_cos_sim_threshold=fa.ABSORPTION_FRACTION_PROBE_COS_THRESHOLD,
-            probe_projection_proportion_threshold=fa.ABSORPTION_PROBE_PROJECTION_PROPORTION_THRESHOLD,
-            absorption_fraction_max_absorbing_latents=fa.ABSORPTION_FRACTION_MAX_ABSORBING_LATENTS,
-            batch_size=llm_batch_size)
+        calculator = ab.absorption_calculator(prompt_model, probe, llm_batch_size)
         raw_df = fa.load_and_run_calculate_projections_and_cos_sims(
             prompt_model, sae, calculator, metrics_df, sae_name=sae_name, layer=layer, probes_dir=probe.probes_dir,
             sparse_probing_task_output_dir=out_dir / sae_name, device=str(sae.device))

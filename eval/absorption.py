@@ -275,6 +275,23 @@ def _summary(used: list[dict]) -> dict[str, float]:
     return {name: statistics.mean(r[key] for r in used) for name, key in zip(SUMMARY_METRICS, LETTER_METRICS)}
 
 
+def absorption_calculator(prompt_model, probe: ProbeArtifacts, llm_batch_size: int):
+    """sae-bench's absorption calculator with its default thresholds, prompting from the word sample
+    through ``prompt_model`` (a :class:`SharedPromptActivations`)."""
+    from sae_bench.evals.absorption import feature_absorption as fa
+    from sae_bench.evals.absorption.feature_absorption_calculator import FeatureAbsorptionCalculator
+    from sae_bench.evals.absorption.prompting import first_letter_formatter
+
+    return FeatureAbsorptionCalculator(
+        model=prompt_model, icl_word_list=probe.words, max_icl_examples=MAX_ICL_EXAMPLES, base_template=TEMPLATE,
+        answer_formatter=first_letter_formatter(), word_token_pos=probe.token_pos,
+        full_absorption_probe_cos_sim_threshold=fa.FULL_ABSORPTION_PROBE_COS_THRESHOLD,
+        absorption_fraction_probe_cos_sim_threshold=fa.ABSORPTION_FRACTION_PROBE_COS_THRESHOLD,
+        probe_projection_proportion_threshold=fa.ABSORPTION_PROBE_PROJECTION_PROPORTION_THRESHOLD,
+        absorption_fraction_max_absorbing_latents=fa.ABSORPTION_FRACTION_MAX_ABSORBING_LATENTS,
+        batch_size=llm_batch_size)
+
+
 def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts, opts: AbsorptionOptions,
                                llm_batch_size: int, probe_seed: int
                                ) -> tuple[list[dict], int, tuple[set[int], set[int]]]:
@@ -284,10 +301,8 @@ def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts,
     which gives sae-bench's numbers without its per-word loops and intermediate files."""
     from sae_bench.evals.absorption import feature_absorption as fa
     from sae_bench.evals.absorption.common import load_probe, load_probe_data_split_or_train, load_or_train_probe
-    from sae_bench.evals.absorption.feature_absorption_calculator import FeatureAbsorptionCalculator
     from sae_bench.evals.absorption.k_sparse_probing import train_k_sparse_probes
     from sae_bench.evals.absorption.main import _aggregate_results_df
-    from sae_bench.evals.absorption.prompting import first_letter_formatter
 
     from eval import k_sparse
 
@@ -310,14 +325,7 @@ def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts,
     # prompts and the prompt activations are shared.
     with private_sae_bench_rng(opts.word_sample_seed + 1), file_lock(probe.root / ".prompts.lock"):
         prompt_model = SharedPromptActivations(model, layer, probe.token_pos, probe.root / "prompt_acts.pt")
-        calculator = FeatureAbsorptionCalculator(
-            model=prompt_model, icl_word_list=probe.words, max_icl_examples=MAX_ICL_EXAMPLES, base_template=TEMPLATE,
-            answer_formatter=first_letter_formatter(), word_token_pos=probe.token_pos,
-            full_absorption_probe_cos_sim_threshold=fa.FULL_ABSORPTION_PROBE_COS_THRESHOLD,
-            absorption_fraction_probe_cos_sim_threshold=fa.ABSORPTION_FRACTION_PROBE_COS_THRESHOLD,
-            probe_projection_proportion_threshold=fa.ABSORPTION_PROBE_PROJECTION_PROPORTION_THRESHOLD,
-            absorption_fraction_max_absorbing_latents=fa.ABSORPTION_FRACTION_MAX_ABSORBING_LATENTS,
-            batch_size=llm_batch_size)
+        calculator = absorption_calculator(prompt_model, probe, llm_batch_size)
         raw_df = fa.calculate_projection_and_cos_sims(
             calculator, sae, load_probe(model_name=model.cfg.model_name, layer=layer, probes_dir=probe.probes_dir,
                                         device=str(sae.device)),
