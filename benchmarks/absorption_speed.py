@@ -75,7 +75,7 @@ def main() -> None:
         raise SystemExit(f"error: {run_dir} has no config.json")
     folder = run_dir / "saes" / args.sae
     meta = SAEMeta.read(folder)
-    opts = ab.AbsorptionOptions(**cfg.eval.options.get("absorption", {}))
+    opts = cfg.eval.option(ab.AbsorptionOptions)
     model = hooked_model(meta.model_name, meta.model_source, cfg)
     sae = load_sae(folder)
     probe = ab.ensure_probe(model, meta.layer, run_dir / "eval_artifacts", opts, cfg.eval)

@@ -19,16 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.absorption_metrics import LETTER_METRICS, SUMMARY_METRICS
+from eval.absorption_metrics import LETTER_METRICS, LETTERS, SUMMARY_METRICS
 from eval.runtime import file_lock, private_sae_bench_rng, stop_after_layer
 from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
 from fc_base.errors import check
 from fc_base.io import write_atomic
 
-# sae-bench's VERBOSE_FIRST_LETTER_TEMPLATE and LETTERS (sae-bench itself is imported only when an
-# eval runs: it takes seconds, and listing or validating evals must stay fast).
+# sae-bench's VERBOSE_FIRST_LETTER_TEMPLATE (sae-bench itself is imported only when an eval runs: it
+# takes seconds, and listing or validating evals must stay fast).
 TEMPLATE = "{word} has the first letter:"
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
 SEPARATOR = "\n"
 F1_JUMP_THRESHOLD = 0.03  # sae-bench default: a k-sparse F1 gain this large counts as a feature split
 L1_DECAY = 0.01  # sae-bench default for the k-sparse probes

@@ -1,4 +1,8 @@
-"""Names of sae-bench's absorption metrics, shared by the eval and the comparisons (no torch import)."""
+"""Names of sae-bench's absorption metrics and its letters, shared by the eval, the k-sparse scoring, the
+comparisons and the plots (no torch import)."""
+
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+"""sae-bench's LETTERS: the first letters it probes, in its order."""
 
 SUMMARY_METRICS = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features")
 """sae-bench's summary metrics: the mean over the letters used of each per-letter metric below."""

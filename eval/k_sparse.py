@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
+from eval.absorption_metrics import LETTERS
+
 EVAL_BATCH = 24  # sae-bench's eval_batch_size for the raw scores
-SUM_EPS = 1e-6  # sae-bench's EPS for the sum-of-activations predictions (not used by the metrics)
 
 
 @torch.inference_mode()

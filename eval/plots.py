@@ -15,9 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from eval.absorption_metrics import LETTERS  # noqa: E402
 from eval.results import summary_metrics  # noqa: E402
-
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def _save(fig, path: Path) -> Path:

@@ -85,7 +85,7 @@ def test_k_sparse_scoring_gives_sae_bench_numbers_bit_for_bit(run_dir, tmp_path,
     folder = run_dir / "saes" / "fc_topk_s0"
     meta = SAEMeta.read(folder)
     model = hooked_model(meta.model_name, meta.model_source, cfg)
-    opts = AbsorptionOptions(**cfg.eval.options["absorption"])
+    opts = cfg.eval.option(AbsorptionOptions)
     probe = ensure_probe(model, meta.layer, run_dir / "eval_artifacts", opts, cfg.eval)
     sae = load_sae(folder)
     split = dict(base_template="{word} has the first letter:", pos_idx=probe.token_pos, probes_dir=probe.probes_dir,
