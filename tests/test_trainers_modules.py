@@ -32,9 +32,33 @@ def test_sparse_decode_matches_dense_autograd(monkeypatch, dense_ratio):
     torch.testing.assert_close(gw, gw_ref)
 
 
-def test_topk_step_gradients_match_a_dense_reference():
+def test_centred_topk_encode_gives_the_folded_bias_gradients_with_auxk():
+    """train.precision bf16's centred encoder (b_dec subtracted from the input, gradients taken in
+    its own backward) is the same function as the folded bias: in float64 loss and every gradient,
+    AuxK's included, agree."""
+    results = []
+    for centred in (False, True):
+        model = TopKSAE(8, 32, k=4, auxk_alpha=0.5, auxk_k=3, centred_encode=centred,
+                        generator=torch.Generator().manual_seed(9)).double()
+        with torch.no_grad():
+            model.b_dec.normal_(generator=torch.Generator().manual_seed(10))
+            model.b_enc.normal_(generator=torch.Generator().manual_seed(11))
+        dead = torch.zeros(32, dtype=torch.bool)
+        dead[::3] = True
+        out = model.training_step(torch.randn(16, 8, generator=torch.Generator().manual_seed(12),
+                                              dtype=torch.float64), dead)
+        out.loss.backward()
+        assert float(out.aux_loss.detach()) > 0
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for name, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], g, msg=name)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_topk_step_gradients_match_a_dense_reference(centred):
     gen = torch.Generator().manual_seed(1)
-    model = TopKSAE(8, 32, k=4, auxk_alpha=0.0, generator=gen)
+    model = TopKSAE(8, 32, k=4, auxk_alpha=0.0, centred_encode=centred, generator=gen)
     x = torch.randn(16, 8, generator=gen)
     out = model.training_step(x, torch.zeros(32, dtype=torch.bool))
     out.loss.backward()
@@ -62,6 +86,21 @@ def test_batch_topk_keeps_k_per_row_on_average_and_learns_a_threshold():
     assert float(model.threshold) == pytest.approx(float(positive[positive > 0].min()))
 
 
+def test_batch_topk_candidate_search_takes_the_same_entries():
+    """Each row offering its top candidates gives the full search's codes (no ties in random data),
+    also when one row holds more of the batch's largest entries than it offers (the fallback)."""
+    gen = torch.Generator().manual_seed(8)
+    post = torch.randn(64, 200, generator=gen).relu()
+    skewed = post.clone()
+    skewed[5] += 10.0  # row 5 holds 200 of the batch's 256 largest entries
+    for case in (post, skewed):
+        full = batch_topk_codes(case, 4)
+        for candidates in (16, 40):
+            fast = batch_topk_codes(case, 4, candidates)
+            for a, b in zip(fast, full):
+                assert torch.equal(a, b)
+
+
 def test_matryoshka_loss_is_the_mean_of_prefix_reconstructions():
     gen = torch.Generator().manual_seed(3)
     model = MatryoshkaBatchTopKSAE(8, 32, k=4, group_fractions=[0.25, 0.25, 0.5], auxk_alpha=0.0, generator=gen)
@@ -73,6 +112,50 @@ def test_matryoshka_loss_is_the_mean_of_prefix_reconstructions():
         recon = acts[:, :end] @ model.W_dec[:end] + model.b_dec
         losses.append((recon - x).pow(2).sum(1).mean())
     torch.testing.assert_close(out.loss.detach(), torch.stack(losses).mean().detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_matryoshka_shared_prefix_gradients_equal_the_per_prefix_ones():
+    """train.precision bf16 takes every prefix's gradient in one product against suffix sums of the
+    prefix gradients; in float64 (no bf16 products) loss and gradients equal the per-prefix path's."""
+    gen = torch.Generator().manual_seed(4)
+    grads = []
+    for shared in (False, True):
+        model = MatryoshkaBatchTopKSAE(8, 40, k=5, group_fractions=[0.125, 0.125, 0.25, 0.5], auxk_alpha=0.0,
+                                       shared_prefix_grads=shared, generator=torch.Generator().manual_seed(5)).double()
+        x = torch.randn(24, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+        out = model.training_step(x, torch.zeros(40, dtype=torch.bool))
+        out.loss.backward()
+        grads.append((out.loss.detach(), out.recon_BD.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, recon_a, grad_a), (loss_b, recon_b, grad_b) = grads
+    torch.testing.assert_close(loss_b, loss_a)
+    torch.testing.assert_close(recon_b, recon_a)
+    for name, g in grad_a.items():
+        assert g.abs().sum() > 0, name
+        torch.testing.assert_close(grad_b[name], g, msg=name)
+
+
+def test_bf16_precision_setting_runs_the_products_in_bf16_and_keeps_the_run_reproducible(tmp_path):
+    """train.precision bf16: autocast on CPU, fused Adam, float32 weights; two runs agree bit for bit
+    and differ from the float32 setting's run."""
+    from trainers.data import InMemoryActivations
+    from trainers.export import ModelInfo
+    from trainers.loop import train_sae
+    from safetensors.torch import load_file
+
+    acts = torch.randn(4096, 16, generator=torch.Generator().manual_seed(7))
+    info = ModelInfo("synthetic")
+    weights = {}
+    for label, precision in (("bf16a", "bf16"), ("bf16b", "bf16"), ("fp32", "float32")):
+        cfg = TrainConfig(trainers=["matryoshka"], d_sae=64, k=4, n_tokens=4096 * 2, batch_size=256, precision=precision,
+                          checkpoint_every=0, options={"matryoshka": {"group_fractions": [0.25, 0.75]}})
+        out = tmp_path / label
+        train_sae(InMemoryActivations(acts), cfg, "matryoshka", 0, out, info, progress=False)
+        weights[label] = load_file(str(out / "sae_weights.safetensors"))
+    for name, w in weights["bf16a"].items():
+        assert w.dtype == torch.float32 and torch.equal(w, weights["bf16b"][name]), name
+    assert not torch.equal(weights["bf16a"]["W_enc"], weights["fp32"]["W_enc"])
+    with pytest.raises(TrainConfigError, match="train.precision must be float32 or bf16"):
+        TrainConfig(precision="fp16")
 
 
 def test_lr_schedule_and_config_validation():
@@ -90,12 +173,15 @@ def test_lr_schedule_and_config_validation():
         assert TrainConfig.preset(name).total_steps > 0
 
 
-@pytest.mark.parametrize("trainer", ["topk", "batchtopk", "matryoshka", "relu_l1"])
-def test_training_step_under_bf16_autocast_gives_finite_fp32_gradients(trainer):
-    """The loop uses bf16 autocast on GPU; the custom backward passes must cope with bf16 values."""
+@pytest.mark.parametrize("trainer,precision", [("topk", "float32"), ("batchtopk", "float32"), ("matryoshka", "float32"),
+                                               ("relu_l1", "float32"), ("topk", "bf16"), ("matryoshka", "bf16")])
+def test_training_step_under_bf16_autocast_gives_finite_fp32_gradients(trainer, precision):
+    """The loop uses bf16 autocast on GPU (and on CPU with train.precision bf16); the custom backward
+    passes must cope with bf16 values."""
     from trainers.registry import build_sae
 
-    model = build_sae(trainer, TrainConfig(d_sae=64, k=4, options={"matryoshka": {"group_fractions": [0.5, 0.5]}}), 16,
+    model = build_sae(trainer, TrainConfig(d_sae=64, k=4, precision=precision,
+                                           options={"matryoshka": {"group_fractions": [0.5, 0.5]}}), 16,
                       torch.Generator().manual_seed(0))
     dead = torch.zeros(64, dtype=torch.bool)
     dead[:5] = True

@@ -8,7 +8,7 @@ import torch
 from fc_base.errors import check
 from fc_base.options import Options
 from trainers.recipe import Recipe, register
-from trainers.sae import SparseAutoencoder, SparseCodes, StepOutput, auxk_loss, sparse_decode
+from trainers.sae import SparseAutoencoder, SparseCodes, StepOutput, auxk_loss, latent_major_product, sparse_decode
 
 
 @dataclass
@@ -51,25 +51,58 @@ class _TopKEncode(torch.autograd.Function):
         g_N = (grad_vals_BK * (vals_BK > 0)).reshape(-1).to(x_BD.dtype)
         rows_N = torch.arange(b, device=x_BD.device).repeat_interleave(k)
         lat_N = idx_BK.reshape(-1)
-        g_MB = torch.sparse_coo_tensor(torch.stack([lat_N, rows_N]), g_N, (m, b), check_invariants=False)
         grad_x = grad_W = grad_bias = None
         if ctx.needs_input_grad[0]:
+            g_MB = torch.sparse_coo_tensor(torch.stack([lat_N, rows_N]), g_N, (m, b), check_invariants=False)
             grad_x = torch.sparse.mm(g_MB.t(), W_enc_DM.T.contiguous().to(x_BD.dtype))
         if ctx.needs_input_grad[1]:
-            grad_W = torch.sparse.mm(g_MB, x_BD).T.contiguous().to(W_enc_DM.dtype)
+            grad_W = latent_major_product(lat_N, rows_N, g_N, m, x_BD).T.contiguous().to(W_enc_DM.dtype)
         if ctx.needs_input_grad[2]:
             grad_bias = torch.zeros(m, device=g_N.device, dtype=g_N.dtype).index_add_(0, lat_N, g_N).to(ctx.bias_dtype)
         return grad_x, grad_W, grad_bias, None
+
+
+class _CentredTopKEncode(torch.autograd.Function):
+    """relu(top-k of (x - b_dec) @ W_enc + b_enc) per row, all four gradients taken here: W_enc's is
+    one sparse product against the centred input and b_dec's one matrix-vector product, so no
+    D x M outer product of a folded bias is formed and accumulated (train.precision bf16). The
+    centred input also keeps the residual stream's large mean out of the bfloat16 product."""
+
+    @staticmethod
+    def forward(ctx, x_BD, W_enc_DM, b_enc_M, b_dec_D, k: int):
+        centred_BD = x_BD - b_dec_D
+        pre_BM = torch.addmm(b_enc_M, centred_BD, W_enc_DM)
+        vals_BK, idx_BK = pre_BM.topk(k, dim=1, sorted=False)
+        vals_BK = vals_BK.clamp_min(0.0)
+        ctx.save_for_backward(centred_BD, W_enc_DM, idx_BK, vals_BK)
+        ctx.mark_non_differentiable(idx_BK)
+        return vals_BK, idx_BK
+
+    @staticmethod
+    def backward(ctx, grad_vals_BK, _grad_idx):
+        centred_BD, W_enc_DM, idx_BK, vals_BK = ctx.saved_tensors
+        b, k = idx_BK.shape
+        m = W_enc_DM.shape[1]
+        g_N = (grad_vals_BK * (vals_BK > 0)).reshape(-1).to(W_enc_DM.dtype)
+        rows_N = torch.arange(b, device=g_N.device).repeat_interleave(k)
+        lat_N = idx_BK.reshape(-1)
+        grad_W = latent_major_product(lat_N, rows_N, g_N, m, centred_BD.to(W_enc_DM.dtype)).T.contiguous()
+        grad_b_enc = torch.zeros(m, device=g_N.device, dtype=g_N.dtype).index_add_(0, lat_N, g_N)
+        grad_b_dec = -(W_enc_DM @ grad_b_enc)
+        return None, grad_W, grad_b_enc, grad_b_dec, None
 
 
 class TopKSAE(SparseAutoencoder):
     architecture = "topk"
 
     def __init__(self, d_in: int, d_sae: int, k: int, *, auxk_alpha: float = 1 / 32, auxk_k: int | None = None,
-                 generator: torch.Generator | None = None):
+                 centred_encode: bool = False, generator: torch.Generator | None = None):
         super().__init__(d_in, d_sae, k, generator)
         self.auxk_alpha = auxk_alpha
         self.auxk_k = auxk_k or max(1, d_in // 2)
+        # train.precision bf16: the encoder centres its input instead of folding b_dec into a bias
+        # (the same function; the floats differ, so float32 keeps the fold and its earlier SAEs).
+        self.centred_encode = centred_encode
 
     @torch.no_grad()
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
@@ -78,8 +111,11 @@ class TopKSAE(SparseAutoencoder):
         return torch.zeros_like(post_BM).scatter_(1, idx_BK, vals_BK)
 
     def training_step(self, x_BD: torch.Tensor, dead_M: torch.Tensor) -> StepOutput:
-        bias_M = self.effective_bias()
-        vals_BK, idx_BK = _TopKEncode.apply(x_BD, self.W_enc, bias_M, self.k)
+        if self.centred_encode:
+            vals_BK, idx_BK = _CentredTopKEncode.apply(x_BD, self.W_enc, self.b_enc, self.b_dec, self.k)
+        else:
+            bias_M = self.effective_bias()
+            vals_BK, idx_BK = _TopKEncode.apply(x_BD, self.W_enc, bias_M, self.k)
         b = x_BD.shape[0]
         rows_N = torch.arange(b, device=x_BD.device).repeat_interleave(self.k)
         codes = SparseCodes(rows_N, idx_BK.reshape(-1), vals_BK.reshape(-1))
@@ -88,14 +124,18 @@ class TopKSAE(SparseAutoencoder):
         aux = mse.new_zeros(())
         if self.auxk_alpha > 0 and bool(dead_M.any()):
             dead_L = torch.nonzero(dead_M).squeeze(1)
-            dead_pre_BL = torch.addmm(bias_M[dead_L], x_BD, self.W_enc[:, dead_L])
+            if self.centred_encode:
+                dead_pre_BL = torch.addmm(self.b_enc[dead_L], x_BD - self.b_dec, self.W_enc[:, dead_L])
+            else:
+                dead_pre_BL = torch.addmm(bias_M[dead_L], x_BD, self.W_enc[:, dead_L])
             aux = self.auxk_alpha * auxk_loss(self, dead_pre_BL, dead_L, x_BD, recon_BD, self.auxk_k)
         return StepOutput(mse + aux, mse, aux, recon_BD, codes, None)
 
 
 def build_topk(d_in: int, cfg, generator: torch.Generator) -> TopKSAE:
     aux = cfg.option(AuxKOptions)
-    return TopKSAE(d_in, cfg.d_sae, cfg.k, auxk_alpha=aux.alpha, auxk_k=aux.k, generator=generator)
+    return TopKSAE(d_in, cfg.d_sae, cfg.k, auxk_alpha=aux.alpha, auxk_k=aux.k,
+                   centred_encode=cfg.precision == "bf16", generator=generator)
 
 
 TOPK = register(Recipe("topk", "TopK SAE with AuxK (the baseline)", build_topk, options=(AuxKOptions,)))

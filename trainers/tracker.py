@@ -37,10 +37,11 @@ silent when its child fires). O(M^2 D) in row chunks, never M x M at once.
 """
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
+
+from trainers.sae import latent_major_csr
 
 
 def memory_steps(beta: float) -> int:
@@ -53,23 +54,6 @@ class TrackerStep(NamedTuple):
     """How many rows of the batch activated each latent (the same indicators as L0)."""
     l0: float
     """Mean active latents per row."""
-
-
-def _latent_major_csr(latents_N: torch.Tensor, rows_N: torch.Tensor, values_N: torch.Tensor, d_sae: int,
-                      n_rows: int) -> torch.Tensor:
-    """The (latents x rows) activation matrix in CSR form, built by one stable sort of the latent ids.
-
-    A COO matrix would be coalesced (a sort over latent*rows keys) inside every product. With CSR
-    the tracker update fell from 1.12x to 1.05-1.08x a TopK step at the demo shape on 2 CPU cores,
-    and from 1.22x to 1.06x at the seed's shape on an H200 (benchmarks/tracker_overhead.py). Rows
-    stay in ascending order within each latent, so the sums run in the same order: bit-identical."""
-    order_N = torch.argsort(latents_N, stable=True)
-    crow_M1 = torch.zeros(d_sae + 1, dtype=torch.long, device=latents_N.device)
-    crow_M1[1:] = torch.cumsum(torch.bincount(latents_N, minlength=d_sae), 0)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow_M1, rows_N[order_N], values_N[order_N], (d_sae, n_rows),
-                                       check_invariants=False)
 
 
 class FrequencyConsistencyTracker:
@@ -269,7 +253,7 @@ class FrequencyConsistencyTracker:
             self._fold_holes(x_BD[:s], rows_N[in_sample_N], latents_N[in_sample_N], W_dec_MD, center_D)
             self._fold_cofiring(s, rows_N[in_sample_N], latents_N[in_sample_N])
         fires_M = torch.zeros(self.d_sae, device=x_BD.device).index_add_(0, latents_N, a_N)
-        a_MB = _latent_major_csr(latents_N, rows_N, a_N, self.d_sae, b)
+        a_MB = latent_major_csr(latents_N, rows_N, a_N, self.d_sae, b)
         batch_sum_MP = a_MB @ v_BP
         batch_sq_M = (a_MB @ sq_B[:, None]).squeeze(1) if sq_B is not None else None
         return self._fold(b, fires_M, batch_sum_MP, batch_sq_M)
