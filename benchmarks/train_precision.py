@@ -8,6 +8,7 @@ bfloat16 matmul units (AMX-BF16, ``amx_bf16`` in /proc/cpuinfo); the script says
 
     .venv/bin/python benchmarks/train_precision.py --run-dir runs/experiment           # its cache
     .venv/bin/python benchmarks/train_precision.py --trainers topk matryoshka --steps 300
+    python3 benchmarks/train_precision.py --device cuda --steps 1000                   # a GPU machine
 """
 from __future__ import annotations
 
@@ -53,11 +54,14 @@ def main() -> None:
     ap.add_argument("--preset", default="experiment", help="the preset whose training config to use")
     ap.add_argument("--trainers", nargs="+", default=["topk", "fc2sup_topk", "batchtopk", "matryoshka"])
     ap.add_argument("--steps", type=int, default=200, help="optimiser steps per trainer and setting")
+    ap.add_argument("--device", default="cpu",
+                    help="training device (on cuda both settings train under bf16 autocast; bf16 adds the faster routes)")
     args = ap.parse_args()
 
     cfg = PRESETS[args.preset]().train
     cfg.n_tokens = args.steps * cfg.batch_size
     cfg.checkpoint_every = 0
+    cfg.device = args.device
     if args.run_dir is not None:
         source = open_activations(args.run_dir)
     else:
@@ -77,6 +81,8 @@ def main() -> None:
                 out = scratch / f"{trainer}_{precision}"
                 start = time.perf_counter()
                 train_sae(source, cfg, trainer, 0, out, ModelInfo("benchmark"), progress=False)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
                 seconds[precision] = time.perf_counter() - start
                 ev[precision] = tail_explained_variance(out)
             ms = {p: 1000 * s / args.steps for p, s in seconds.items()}

@@ -26,6 +26,25 @@ class AuxKOptions(Options):
         check(self.k is None or self.k > 0, f"train.options.auxk.k must be None or > 0, got {self.k}")
 
 
+def _top_k_relu(pre_BM: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    vals_BK, idx_BK = pre_BM.topk(k, dim=1, sorted=False)
+    return vals_BK.clamp_min(0.0), idx_BK
+
+
+def _entry_grads(grad_vals_BK: torch.Tensor, vals_BK: torch.Tensor, idx_BK: torch.Tensor,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradient at each selected entry (0 where the relu cut it) with its row and latent. Under
+    autocast the values (and their gradient) may be bf16; the sparse products run in ``dtype``."""
+    b, k = idx_BK.shape
+    g_N = (grad_vals_BK * (vals_BK > 0)).reshape(-1).to(dtype)
+    rows_N = torch.arange(b, device=g_N.device).repeat_interleave(k)
+    return g_N, rows_N, idx_BK.reshape(-1)
+
+
+def _latent_sums(g_N: torch.Tensor, lat_N: torch.Tensor, m: int) -> torch.Tensor:
+    return torch.zeros(m, device=g_N.device, dtype=g_N.dtype).index_add_(0, lat_N, g_N)
+
+
 class _TopKEncode(torch.autograd.Function):
     """relu(top-k of x @ W_enc + bias) per row. Only k entries per row get gradient, so the
     backward is a sparse product (O(B k D)) instead of autograd's dense B x M gradient and
@@ -33,9 +52,7 @@ class _TopKEncode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_BD, W_enc_DM, bias_M, k: int):
-        pre_BM = torch.addmm(bias_M, x_BD, W_enc_DM)
-        vals_BK, idx_BK = pre_BM.topk(k, dim=1, sorted=False)
-        vals_BK = vals_BK.clamp_min(0.0)
+        vals_BK, idx_BK = _top_k_relu(torch.addmm(bias_M, x_BD, W_enc_DM), k)
         ctx.save_for_backward(x_BD, W_enc_DM, idx_BK, vals_BK)
         ctx.bias_dtype = bias_M.dtype
         ctx.mark_non_differentiable(idx_BK)
@@ -44,13 +61,8 @@ class _TopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_vals_BK, _grad_idx):
         x_BD, W_enc_DM, idx_BK, vals_BK = ctx.saved_tensors
-        b, k = idx_BK.shape
-        m = W_enc_DM.shape[1]
-        # Under autocast the values (and their gradient) may be bf16; the sparse products run
-        # in the parameters' dtype.
-        g_N = (grad_vals_BK * (vals_BK > 0)).reshape(-1).to(x_BD.dtype)
-        rows_N = torch.arange(b, device=x_BD.device).repeat_interleave(k)
-        lat_N = idx_BK.reshape(-1)
+        b, m = idx_BK.shape[0], W_enc_DM.shape[1]
+        g_N, rows_N, lat_N = _entry_grads(grad_vals_BK, vals_BK, idx_BK, x_BD.dtype)
         grad_x = grad_W = grad_bias = None
         if ctx.needs_input_grad[0]:
             g_MB = torch.sparse_coo_tensor(torch.stack([lat_N, rows_N]), g_N, (m, b), check_invariants=False)
@@ -58,7 +70,7 @@ class _TopKEncode(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_W = latent_major_product(lat_N, rows_N, g_N, m, x_BD).T.contiguous().to(W_enc_DM.dtype)
         if ctx.needs_input_grad[2]:
-            grad_bias = torch.zeros(m, device=g_N.device, dtype=g_N.dtype).index_add_(0, lat_N, g_N).to(ctx.bias_dtype)
+            grad_bias = _latent_sums(g_N, lat_N, m).to(ctx.bias_dtype)
         return grad_x, grad_W, grad_bias, None
 
 
@@ -71,9 +83,7 @@ class _CentredTopKEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BD, W_enc_DM, b_enc_M, b_dec_D, k: int):
         centred_BD = x_BD - b_dec_D
-        pre_BM = torch.addmm(b_enc_M, centred_BD, W_enc_DM)
-        vals_BK, idx_BK = pre_BM.topk(k, dim=1, sorted=False)
-        vals_BK = vals_BK.clamp_min(0.0)
+        vals_BK, idx_BK = _top_k_relu(torch.addmm(b_enc_M, centred_BD, W_enc_DM), k)
         ctx.save_for_backward(centred_BD, W_enc_DM, idx_BK, vals_BK)
         ctx.mark_non_differentiable(idx_BK)
         return vals_BK, idx_BK
@@ -81,15 +91,11 @@ class _CentredTopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_vals_BK, _grad_idx):
         centred_BD, W_enc_DM, idx_BK, vals_BK = ctx.saved_tensors
-        b, k = idx_BK.shape
         m = W_enc_DM.shape[1]
-        g_N = (grad_vals_BK * (vals_BK > 0)).reshape(-1).to(W_enc_DM.dtype)
-        rows_N = torch.arange(b, device=g_N.device).repeat_interleave(k)
-        lat_N = idx_BK.reshape(-1)
+        g_N, rows_N, lat_N = _entry_grads(grad_vals_BK, vals_BK, idx_BK, W_enc_DM.dtype)
         grad_W = latent_major_product(lat_N, rows_N, g_N, m, centred_BD.to(W_enc_DM.dtype)).T.contiguous()
-        grad_b_enc = torch.zeros(m, device=g_N.device, dtype=g_N.dtype).index_add_(0, lat_N, g_N)
-        grad_b_dec = -(W_enc_DM @ grad_b_enc)
-        return None, grad_W, grad_b_enc, grad_b_dec, None
+        grad_b_enc = _latent_sums(g_N, lat_N, m)
+        return None, grad_W, grad_b_enc, -(W_enc_DM @ grad_b_enc), None
 
 
 class TopKSAE(SparseAutoencoder):
