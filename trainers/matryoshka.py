@@ -11,7 +11,7 @@ from fc_base.errors import check
 from trainers.batchtopk import BatchTopKOptions, BatchTopKSAE, candidate_count
 from fc_base.options import Options
 from trainers.recipe import Recipe, register
-from trainers.sae import SparseCodes, _grad_values, cpu_bf16_enabled, latent_major_product, sparse_decode
+from trainers.sae import SparseCodes, cpu_bf16_enabled, latent_major_product, sparse_decode, value_grads
 from trainers.topk import AuxKOptions
 
 
@@ -54,7 +54,7 @@ class _PrefixDecode(torch.autograd.Function):
         for g, (sel, end) in enumerate(zip(members, ctx.group_ends)):
             rows, local = rows_N[sel], latents_N[sel] - start
             if grad_values is not None:
-                grad_values[sel] = _grad_values(suffix_GBD[g], W_dec_MD[start:end], rows, local,
+                grad_values[sel] = value_grads(suffix_GBD[g], W_dec_MD[start:end], rows, local,
                                                 ctx.bf16_grad).to(values_N.dtype)
             if grad_W is not None and sel.numel():
                 grad_W[start:end] = latent_major_product(local, rows, values_N[sel].detach(), end - start,

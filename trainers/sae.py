@@ -85,7 +85,7 @@ class _SparseDecode(torch.autograd.Function):
         grad_BD = grad_BD.contiguous().to(W_dec_MD.dtype)
         grad_values = grad_W = None
         if ctx.needs_input_grad[2]:
-            grad_values = _grad_values(grad_BD, W_dec_MD, rows_N, latents_N, ctx.bf16_grad).to(values_N.dtype)
+            grad_values = value_grads(grad_BD, W_dec_MD, rows_N, latents_N, ctx.bf16_grad).to(values_N.dtype)
         if ctx.needs_input_grad[3]:
             grad_W = latent_major_product(latents_N, rows_N, values_N.detach(), W_dec_MD.shape[0],
                                           grad_BD.to(values_N.dtype)).to(W_dec_MD.dtype)
@@ -105,7 +105,7 @@ def cpu_bf16_enabled(t: torch.Tensor) -> bool:
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
-def _grad_values(grad_BD: torch.Tensor, W_dec_MD: torch.Tensor, rows_N: torch.Tensor,
+def value_grads(grad_BD: torch.Tensor, W_dec_MD: torch.Tensor, rows_N: torch.Tensor,
                  latents_N: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     """d(loss)/d(value_n) = <grad[rows_n], W_dec[latents_n]>; ``bf16``: the dense product in
     bfloat16, as the forward's under CPU autocast."""
