@@ -112,7 +112,8 @@ def value_grads(grad_BD: torch.Tensor, W_dec_MD: torch.Tensor, rows_N: torch.Ten
     b, m = grad_BD.shape[0], W_dec_MD.shape[0]
     if latents_N.numel() == 0:
         return grad_BD.new_zeros(0)
-    if m * b <= _DENSE_GRAD_MAX_RATIO * latents_N.numel():
+    # In bfloat16 the dense product (2 ms at B 1024, M 4096, D 640) beats gathering rows at any k.
+    if bf16 or m * b <= _DENSE_GRAD_MAX_RATIO * latents_N.numel():
         if bf16:
             return (grad_BD.bfloat16() @ W_dec_MD.T.bfloat16())[rows_N, latents_N].to(grad_BD.dtype)
         return (grad_BD @ W_dec_MD.T)[rows_N, latents_N]
