@@ -147,8 +147,9 @@ class TrainConfig:
     in bfloat16 under autocast, and the step takes faster routes that round differently: Adam fused,
     the TopK encoder centring its input instead of folding b_dec into a bias, Matryoshka's prefixes
     sharing one gradient product, BatchTopK searching each row's top 4k candidates. Weights, Adam
-    moments, losses and the tracker stay float32. On CPUs with AMX-BF16 about 1.5-1.7x faster for
-    the TopK family, 1.9x BatchTopK, 2.3x Matryoshka (benchmarks/train_precision.py); slower on
+    moments, losses and the tracker stay float32. On CPUs with AMX-BF16 a step at the experiment's
+    shape is about 1.5-1.7x faster for the TopK family, 1.9x BatchTopK, 2.3x Matryoshka
+    (benchmarks/train_precision.py); whole SAEs gain less (AuxK, tracker, checkpoints); slower on
     CPUs without bfloat16 matmul units. Either setting gives the same SAE bit for bit when rerun on
     one machine, but not the same SAE as the other."""
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
