@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pipeline  # noqa: F401  (offline environment first)
+from run_sae import add_run_sae_args, load_run_sae
 
 
 def sae_bench_path(model, sae, sae_name: str, probe, opts, llm_batch_size: int, probe_seed: int, out_dir: Path):
@@ -58,26 +59,14 @@ def main() -> None:
 
     from eval import absorption as ab
     from eval import runtime
-    from eval.sae import load_sae
-    from fc_base.sae_folder import SAEMeta
-    from pipeline.evaluate import hooked_model
-    from pipeline.rundir import load_run_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run-dir", required=True)
-    ap.add_argument("--sae", required=True, help="SAE folder name under RUN_DIR/saes")
+    add_run_sae_args(ap)
     ap.add_argument("--probe-seeds", type=int, default=3)
     args = ap.parse_args()
 
-    run_dir = Path(args.run_dir)
-    cfg = load_run_config(run_dir)
-    if cfg is None:
-        raise SystemExit(f"error: {run_dir} has no config.json")
-    folder = run_dir / "saes" / args.sae
-    meta = SAEMeta.read(folder)
+    run_dir, cfg, meta, model, sae = load_run_sae(args)
     opts = cfg.eval.option(ab.AbsorptionOptions)
-    model = hooked_model(meta.model_name, meta.model_source, cfg)
-    sae = load_sae(folder)
     probe = ab.ensure_probe(model, meta.layer, run_dir / "eval_artifacts", opts, cfg.eval)
     if not (probe.root / "prompt_acts.pt").is_file():
         raise SystemExit(f"error: no shared prompt activations under {probe.root}: run one absorption eval first")

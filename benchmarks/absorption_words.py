@@ -16,35 +16,23 @@ import argparse
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pipeline  # noqa: F401  (offline environment first)
+from run_sae import add_run_sae_args, load_run_sae
 
 METRICS = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features")
 
 
 def main() -> None:
     from eval.absorption import AbsorptionOptions, ensure_probe, run_absorption
-    from eval.sae import load_sae
-    from fc_base.sae_folder import SAEMeta
-    from pipeline.evaluate import hooked_model
-    from pipeline.rundir import load_run_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run-dir", required=True)
-    ap.add_argument("--sae", required=True, help="SAE folder name under RUN_DIR/saes")
+    add_run_sae_args(ap)
     ap.add_argument("--words", type=int, nargs="+", default=[8000, 16000, 32000])
     ap.add_argument("--probe-seeds", type=int, default=5)
     args = ap.parse_args()
 
-    run_dir = Path(args.run_dir)
-    cfg = load_run_config(run_dir)
-    if cfg is None:
-        raise SystemExit(f"{run_dir} has no config.json: run the pipeline first")
-    folder = run_dir / "saes" / args.sae
-    meta = SAEMeta.read(folder)
-    model = hooked_model(meta.model_name, meta.model_source, cfg)
-    sae = load_sae(folder, device="cpu")
+    run_dir, cfg, meta, model, sae = load_run_sae(args)
 
     base = cfg.eval.option(AbsorptionOptions)
     rows = []

@@ -13,7 +13,6 @@ bfloat16 matmul units (AMX-BF16, ``amx_bf16`` in /proc/cpuinfo); the script says
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fc_base.sae_folder import read_train_log  # noqa: E402
 from pipeline.config import PRESETS  # noqa: E402
 from pipeline.train import open_activations  # noqa: E402
 from trainers.data import InMemoryActivations  # noqa: E402
@@ -42,9 +42,7 @@ def cpu_flags() -> set[str]:
 
 
 def tail_explained_variance(sae_dir: Path, lines: int = 10) -> float:
-    rows = [json.loads(line) for line in (sae_dir / "train_log.jsonl").read_text().splitlines() if line.strip()]
-    tail = rows[-lines:]
-    return sum(r["explained_variance"] for r in tail) / len(tail)
+    return float(read_train_log(sae_dir)["explained_variance"].tail(lines).mean())
 
 
 def main() -> None:

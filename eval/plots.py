@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 
 from eval.absorption_metrics import LETTERS  # noqa: E402
 from eval.results import summary_metrics  # noqa: E402
+from fc_base.sae_folder import read_train_log  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -275,14 +276,6 @@ def frontier(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = FRONTIER
         ax.set(xlabel="L0 (measured)" if measured else "L0 (k)", title=name.split(":")[1])
     axes.flat[0].legend(fontsize=6)
     return _save(fig, out)
-
-
-def read_train_log(sae_dir: Path) -> pd.DataFrame | None:
-    path = sae_dir / "train_log.jsonl"
-    if not path.is_file():
-        return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return pd.DataFrame(records) if records else None
 
 
 def training_curves(sae_dirs: list[Path], out: Path) -> Path | None:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fc_base.io import write_json_atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SAES_DIR = "saes"
 META_FILE = "sae_meta.json"
@@ -95,3 +99,14 @@ def list_sae_folders(run_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if is_complete(p))
+
+
+def read_train_log(folder: str | Path) -> "pd.DataFrame | None":
+    """The SAE's train_log.jsonl as a frame, one row per logged step (None if missing or empty)."""
+    import pandas as pd
+
+    path = Path(folder) / TRAIN_LOG_FILE
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return pd.DataFrame(records) if records else None
