@@ -2,7 +2,8 @@
 
 The text comes from the run's own corpus (``pipeline.evaluate`` writes it once per run as a parquet
 folder with a ``text`` column and passes it in), so no Hub dataset is needed. The metrics are
-computed by sae-bench's ``run_evals``.
+computed by sae-bench's ``run_evals``; its SAE-independent clean and ablated forwards are
+shared by the SAEs of a process (:mod:`eval.reference_forwards`).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from eval.reference_forwards import shared_reference_forwards
 from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
 from fc_base.errors import check
 
@@ -63,8 +65,9 @@ def run_core(model, sae, sae_name: str, dataset: Path, opts: CoreOptions, llm_dt
                                       device=str(sae.device))
     store.shuffle_input_dataset(seed=42)  # sae-bench's seed for core eval
     tok = model.tokenizer
-    metrics, _ = run_evals(sae=sae, activation_store=store, model=model, eval_config=config,
-                           ignore_tokens={tok.pad_token_id, tok.eos_token_id, tok.bos_token_id})
+    with shared_reference_forwards():  # the clean and ablated forwards are the same for every SAE
+        metrics, _ = run_evals(sae=sae, activation_store=store, model=model, eval_config=config,
+                               ignore_tokens={tok.pad_token_id, tok.eos_token_id, tok.bos_token_id})
     flat: dict[str, float] = {}
     for values in metrics.values():
         for name, value in values.items():

@@ -310,35 +310,45 @@ def _synth() -> RunConfig:
     )
 
 
-EXPERIMENT_TRAINERS = ["topk", "fc2sup_topk", "random_repair_topk", "matryoshka", "fc_topk", "random_split_topk",
-                       "batchtopk", "fc2_topk", "fc2enc_topk", "random_repair_enc_topk"]
-"""The experiment's arms: the baseline, the kept FC v2 repair and its random-surgery control, Matryoshka,
-the seed's FC split and its random-split control, BatchTopK, and the two FC v2 repair designs the
-ground-truth benchmark did not keep (hole-score flagged; docs/FC_V2.md), design B with its own
-random-parent control (design A's control is ``random_repair_topk``)."""
-EXPERIMENT_SWEEP_TRAINERS = EXPERIMENT_TRAINERS[:6]
-"""The arms trained at every L0; BatchTopK and the two other repair designs only at the main point (k 32)."""
+EXPERIMENT_TRAINERS = ["topk", "fc2sup_topk", "random_repair_topk", "matryoshka", "fc_topk", "random_split_topk"]
+"""The experiment's arms, each at every L0 with 3 seeds: the baseline, the kept FC v2 repair and its
+random-surgery control, Matryoshka, and the seed's FC split with its random-split control."""
+EXPERIMENT_EXTRA_TRAINERS = ["batchtopk", "fc2_topk", "fc2enc_topk", "random_repair_enc_topk"]
+"""The arms thinned out of ``experiment`` to fit its time budget, at its main point (k 32) only:
+BatchTopK and the two FC v2 repair designs the ground-truth benchmark did not keep (hole-score
+flagged; docs/FC_V2.md), design B with its own random-parent control (design A's control is
+``random_repair_topk``)."""
 EXPERIMENT_KS = (32, 16, 64)  # training order: the main point first
 
 
 def _experiment() -> RunConfig:
     # The research comparison on Gemma-3-270m: 98% of the offline corpus (31 shards of 32768 rows, one
     # epoch), width 4096, an L0 sweep (k 16, 32, 64), 3 seeds: TopK, the FC v2 repair, the seed's FC
-    # split, their random-surgery controls and Matryoshka at every k, BatchTopK, the repair designs
-    # A and B and design B's control at k 32 only (66 SAEs; over the 150-min target on 2 cores:
-    # README, "The experiment"). ReLU+L1 is cut: its L1 weights would need a calibration sweep per L0 on this
-    # model. The seed's split skips latents firing on more than 10% of tokens: unguarded, it split
-    # such dense latents and diverged.
+    # split, their random-surgery controls and Matryoshka (54 SAEs), trained with bfloat16 products to
+    # fit 150 min on 2 cores (README, "The experiment"). BatchTopK and the other repair designs are in
+    # ``experiment-extra`` (same run directory); ReLU+L1 is cut: its L1 weights would need a calibration
+    # sweep per L0 on this model. The seed's split skips latents firing on more than 10% of tokens:
+    # unguarded, it split such dense latents and diverged.
     cfg = _demo()
     cfg.preset = "experiment"
     cfg.harvest = HarvestConfig(n_tokens=1_015_808, batch_size=32, shard_rows=32768, chunk_rows=16384)
     cfg.train = TrainConfig(trainers=list(EXPERIMENT_TRAINERS), seeds=[0, 1, 2], d_sae=4096, k=32,
                             n_tokens=1_015_808, batch_size=1024, resample_every=50, dead_after_tokens=100_000,
                             checkpoint_every=100, snapshot_every=20, log_every=10, reservoir_rows=8192,
-                            cpu_threads=2, options={"fc": {"max_freq": 0.1}},
-                            sweep=[SweepPoint(label=f"k{k}", k=k, trainers=None if k == 32 else
-                                              list(EXPERIMENT_SWEEP_TRAINERS)) for k in EXPERIMENT_KS])
+                            cpu_threads=2, precision="bf16", options={"fc": {"max_freq": 0.1}},
+                            sweep=[SweepPoint(label=f"k{k}", k=k) for k in EXPERIMENT_KS])
     cfg.eval = EvalConfig.preset("demo")
+    return cfg
+
+
+def _experiment_extra() -> RunConfig:
+    # The arms thinned out of ``experiment``, at k 32 with 3 seeds and the same harvest and training
+    # settings, meant for the same run directory (``make run PRESET=experiment-extra
+    # RUN_DIR=runs/experiment``): the cache is shared and the evals and report cover every SAE there.
+    cfg = _experiment()
+    cfg.preset = "experiment-extra"
+    cfg.train.trainers = list(EXPERIMENT_EXTRA_TRAINERS)
+    cfg.train.sweep = [SweepPoint(label="k32", k=32)]
     return cfg
 
 
@@ -348,7 +358,8 @@ def _experiment_gpu() -> RunConfig:
     # cache identity), one epoch of the offline corpus, k 32, 3 seeds.
     cfg = _experiment()
     cfg.preset = "experiment-gpu"
-    cfg.train.trainers = list(EXPERIMENT_SWEEP_TRAINERS)
+    cfg.train.trainers = list(EXPERIMENT_TRAINERS)
+    cfg.train.precision = "float32"  # bfloat16 products are a CPU speed-up (AMX); the GPU arms were float32
     cfg.train.d_sae = 16384
     cfg.train.sweep = [SweepPoint(label="k32", k=32)]
     return cfg
@@ -402,7 +413,7 @@ def _synth_tiny() -> RunConfig:
     )
 
 
-PRESETS = {"demo": _demo, "experiment": _experiment, "experiment-gpu": _experiment_gpu, "pythia70m": _pythia70m, "tiny": _tiny, "synth": _synth, "synth-fc": _synth_fc,
+PRESETS = {"demo": _demo, "experiment": _experiment, "experiment-extra": _experiment_extra, "experiment-gpu": _experiment_gpu, "pythia70m": _pythia70m, "tiny": _tiny, "synth": _synth, "synth-fc": _synth_fc,
            "synth16k": _synth16k, "synth-tiny": _synth_tiny}
 
 

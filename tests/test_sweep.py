@@ -68,10 +68,11 @@ def test_train_stage_writes_one_folder_per_point_with_its_k(tmp_path):
     assert [j.point for j in planned_saes(cfg, point="k12")] == ["k12"]
     with pytest.raises(ConfigError, match="no sweep point"):
         planned_saes(cfg, point="k99")
-    thinned = get_preset("experiment")
-    with pytest.raises(ConfigError, match="trains no SAE"):
-        planned_saes(thinned, trainer="batchtopk", point="k16")  # batchtopk runs only at k32
-    assert len(planned_saes(thinned, trainer="batchtopk")) == 3
+    assert len(planned_saes(get_preset("experiment"))) == 54  # 6 arms x 3 L0s x 3 seeds
+    thinned = get_preset("experiment-extra")
+    with pytest.raises(ConfigError, match="no sweep point"):
+        planned_saes(thinned, trainer="batchtopk", point="k16")  # the thinned arms run only at k32
+    assert len(planned_saes(thinned, trainer="batchtopk")) == 3 and len(planned_saes(thinned)) == 12
     source = InMemoryActivations(torch.randn(4096, 64, generator=torch.Generator().manual_seed(0)))
     folders = train(cfg, tmp_path, source=source, progress=False)
     assert [f.name for f in folders] == ["topk_k4_s0", "topk_k12_s0"]
