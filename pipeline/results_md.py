@@ -221,6 +221,8 @@ def render(studies: list[Study], out: Path, regenerate: str) -> str:
 
 RUN_COMMANDS = {
     "experiment": "make run PRESET=experiment",
+    "experiment-float32": ("git checkout 8645147 && make run PRESET=experiment RUN_DIR=runs/experiment-float32 "
+                           "(the earlier float32 preset: 66 SAEs, BatchTopK and the other repair designs at k 32)"),
     "experiment-gpu": ("bash benchmarks/gpu_run.sh prepare|experiment|pack on a CUDA machine (see the script), "
                        "then fc-sae eval --preset experiment-gpu --run-dir runs/experiment-gpu"),
 }
@@ -237,6 +239,6 @@ def load_study(kind: str, path: str) -> Study:
     run = ", ".join(sorted(set(table["run"].astype(str))))
     widths = ", ".join(str(w) for w in sorted(set(table["d_sae"].astype(int))))
     several_k = table["k"].nunique() > 1
-    return Study(f"Language model: {model}, width {widths} ({run} preset)", table, path,
+    return Study(f"Language model: {model}, width {widths} (run {run})", table, path,
                  RUN_COMMANDS.get(run, f"make run PRESET={run}"), "absorption", "mean_absorption_fraction_score",
                  "explained_variance_legacy", "core", plot=f"docs/results/frontier_{run}.png" if several_k else None)
