@@ -16,8 +16,8 @@ import contextlib
 import hashlib
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -78,7 +78,7 @@ def _reference(model, hook_name: str, batch_tokens: torch.Tensor) -> ReferenceBa
         return hit
 
     def zero_hook(activations, hook):
-        return torch.zeros_like(activations.to(activations.device))
+        return torch.zeros_like(activations)
 
     logits, ce_loss = model(batch_tokens, return_type="both", loss_per_token=True)
     zero_logits, zero_ce_loss = model.run_with_hooks(batch_tokens, return_type="both", loss_per_token=True,
