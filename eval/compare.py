@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from eval.absorption_metrics import LETTER_METRIC_OF
+from eval.results import with_l0_point
 from fc_base.io import write_text_atomic
 
 # Two-sided 95% Student t quantiles by degrees of freedom (no scipy needed for these few).
@@ -44,9 +45,7 @@ def paired_comparison(table: pd.DataFrame, metrics: list[str], baseline: str, ev
     rows = table[table["status"] == "ok"]
     if eval_name is not None:
         rows = rows[rows["eval"] == eval_name]
-    if "k" not in rows:
-        rows = rows.assign(k=-1)
-    rows = rows.assign(k=rows["k"].fillna(-1).astype(int))
+    rows = with_l0_point(rows)
     wide = rows.pivot_table(index=["trainer", "k", "seed"], columns="metric", values="value", aggfunc="first")
     out = []
     for (trainer, k), own in wide.groupby(level=[0, 1]):

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from eval.absorption_metrics import LETTERS  # noqa: E402
-from eval.results import summary_metrics  # noqa: E402
+from eval.results import summary_metrics, with_l0_point  # noqa: E402
 from fc_base.sae_folder import read_train_log  # noqa: E402
 
 
@@ -203,8 +203,7 @@ models with huge residual norms such as Gemma; its legacy definition still separ
 def _spread(table: pd.DataFrame, names: tuple[str, ...]) -> pd.DataFrame:
     """(name, trainer, k) -> mean and std over seeds, and the mean eval noise where reported."""
     summary = summary_metrics(table)
-    summary = summary.assign(name=summary["eval"] + ":" + summary["metric"],
-                             k=summary["k"].fillna(-1).astype(int) if "k" in summary else -1)
+    summary = with_l0_point(summary).assign(name=summary["eval"] + ":" + summary["metric"])
     noise = summary[summary["metric"].str.endswith("_eval_std")]
     noise = noise.assign(name=noise["name"].str.removesuffix("_eval_std"))
     summary = summary[summary["name"].isin(names)]
@@ -256,6 +255,7 @@ def frontier(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = FRONTIER
     if stats.empty or stats["k"].nunique() < 2:
         return None
     ok = table[(table["status"] == "ok") & (table["metric"] == "l0")] if "status" in table else table.iloc[:0]
+    ok = with_l0_point(ok)
     measured = ok.groupby(["trainer", "k"])["value"].mean().to_dict()
     stats = stats.assign(x=[measured.get((t, k), float(k)) for t, k in zip(stats["trainer"], stats["k"])])
     names = [m for m in metrics if m in set(stats["name"])]

@@ -94,6 +94,15 @@ def rows_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return df
 
 
+def with_l0_point(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with an int ``k`` on every row, the L0 point it is compared at: the SAE's k, else the
+    L0 target a penalty SAE's weight was calibrated for (``l0_target``), else -1 (no point)."""
+    k = table["k"] if "k" in table else pd.Series(math.nan, index=table.index)
+    if "l0_target" in table:
+        k = k.astype("float64").fillna(pd.to_numeric(table["l0_target"], errors="coerce").astype("float64"))
+    return table.assign(k=k.astype("float64").fillna(-1).round().astype(int))
+
+
 def write_table(path: Path, df: pd.DataFrame) -> Path:
     """Write the table atomically: a temp file in the same folder, fsynced, then renamed over."""
     path = Path(path)

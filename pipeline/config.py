@@ -318,6 +318,10 @@ EXPERIMENT_EXTRA_TRAINERS = ["batchtopk", "fc2_topk", "fc2enc_topk", "random_rep
 BatchTopK and the two FC v2 repair designs the ground-truth benchmark did not keep (hole-score
 flagged; docs/FC_V2.md), design B with its own random-parent control (design A's control is
 ``random_repair_topk``)."""
+EXPERIMENT_RELU_L1_COEFFS = {16: 1.15, 32: 0.889, 64: 0.678}
+"""relu_l1's L1 weight per L0 target on the experiment's cache: interpolated (log L0 against log
+weight) from seed-0 SAEs trained at 0.5, 0.63, 0.88, 1, 1.2 and 2 with the preset's settings
+(``benchmarks/relu_l1_calibration.py``; README, "The research experiment")."""
 EXPERIMENT_KS = (32, 16, 64)  # training order: the main point first
 
 
@@ -325,10 +329,9 @@ def _experiment() -> RunConfig:
     # The research comparison on Gemma-3-270m: 98% of the offline corpus (31 shards of 32768 rows, one
     # epoch), width 4096, an L0 sweep (k 16, 32, 64), 3 seeds: TopK, the FC v2 repair, the seed's FC
     # split, their random-surgery controls and Matryoshka (54 SAEs), trained with bfloat16 products to
-    # fit 150 min on 2 cores (README, "The experiment"). BatchTopK and the other repair designs are in
-    # ``experiment-extra`` (same run directory); ReLU+L1 is cut: its L1 weights would need a calibration
-    # sweep per L0 on this model. The seed's split skips latents firing on more than 10% of tokens:
-    # unguarded, it split such dense latents and diverged.
+    # fit 150 min on 2 cores (README, "The experiment"). BatchTopK, the other repair designs and
+    # ReLU+L1 are in ``experiment-extra`` (same run directory). The seed's split skips latents firing
+    # on more than 10% of tokens: unguarded, it split such dense latents and diverged.
     cfg = _demo()
     cfg.preset = "experiment"
     cfg.harvest = HarvestConfig(n_tokens=1_015_808, batch_size=32, shard_rows=32768, chunk_rows=16384)
@@ -345,10 +348,18 @@ def _experiment_extra() -> RunConfig:
     # The arms thinned out of ``experiment``, at k 32 with 3 seeds and the same harvest and training
     # settings, meant for the same run directory (``make run PRESET=experiment-extra
     # RUN_DIR=runs/experiment``): the cache is shared and the evals and report cover every SAE there.
+    # ReLU+L1 runs at every L0 with 3 seeds, its L1 weight calibrated per point (it has no k: the
+    # weight sets its L0, and ``l0_target`` puts it beside the TopK SAEs of that k in comparisons).
     cfg = _experiment()
     cfg.preset = "experiment-extra"
-    cfg.train.trainers = list(EXPERIMENT_EXTRA_TRAINERS)
-    cfg.train.sweep = [SweepPoint(label="k32", k=32)]
+    cfg.train.trainers = [*EXPERIMENT_EXTRA_TRAINERS, "relu_l1"]
+
+    def relu(k: int) -> dict:
+        return {"relu_l1": {"l1_coeff": EXPERIMENT_RELU_L1_COEFFS[k], "l0_target": k}}
+
+    cfg.train.sweep = [SweepPoint(label="k32", k=32, options=relu(32)),
+                       SweepPoint(label="k16", k=16, trainers=["relu_l1"], options=relu(16)),
+                       SweepPoint(label="k64", k=64, trainers=["relu_l1"], options=relu(64))]
     return cfg
 
 

@@ -16,6 +16,7 @@ from eval.compare import EVAL_STD_SUFFIX, paired_comparison
 from eval.headline import LEGEND, headline_markdown
 from eval.headline import fmt_number as _fmt
 from eval.headline import interval_text as _interval
+from eval.results import with_l0_point
 from fc_base.io import write_text_atomic
 
 
@@ -137,7 +138,7 @@ def noise_floor(table: pd.DataFrame, eval_name: str) -> str:
     for metric in sorted(noise["metric"].unique()):
         base = metric.removesuffix(EVAL_STD_SUFFIX)
         per_sae = noise.loc[noise["metric"] == metric, "value"]
-        vals = ok[ok["metric"] == base].assign(k=lambda f: f["k"].fillna(-1))
+        vals = with_l0_point(ok[ok["metric"] == base])
         seed_std = vals.groupby(["trainer", "k"])["value"].std(ddof=1).dropna()
         lines.append(f"| {base} | {_fmt(float(per_sae.median()))} | {_fmt(float(seed_std.median()) if len(seed_std) else math.nan)}"
                      f" | {len(per_sae)} | {len(seed_std)} |")
@@ -220,7 +221,9 @@ def render(studies: list[Study], out: Path, regenerate: str) -> str:
 
 
 RUN_COMMANDS = {
-    "experiment": "make run PRESET=experiment",
+    "experiment": (
+        "make run PRESET=experiment, then make run PRESET=experiment-extra RUN_DIR=runs/experiment (the "
+        "thinned-out arms: BatchTopK and the other repair designs at k 32, ReLU+L1 at every L0)"),
     "experiment-float32": ("git checkout 8645147 && make run PRESET=experiment RUN_DIR=runs/experiment-float32 "
                            "(the earlier float32 preset: 66 SAEs, BatchTopK and the other repair designs at k 32)"),
     "experiment-gpu": ("bash benchmarks/gpu_run.sh prepare|experiment|pack on a CUDA machine (see the script), "

@@ -100,3 +100,14 @@ def test_committed_results_md_regenerates_from_the_committed_tables(tmp_path, mo
     shutil.copytree(root / "results", tmp_path / "results")
     assert main(command.split()[1:]) == 0
     assert (tmp_path / "RESULTS.md").read_text() == committed
+
+
+def test_a_penalty_sae_is_compared_at_the_l0_its_weight_was_calibrated_for():
+    table = _absorption_table(0.0, ks=(16, 32))
+    relu = table[table["trainer"] == "random_repair_topk"].assign(trainer="relu_l1", l0_target=table["k"], k=None)
+    table = pd.concat([table.assign(l0_target=table["k"]), relu], ignore_index=True)
+    cmp = paired_comparison(table, ["mean_absorption_fraction_score"], "topk")
+    arm = cmp[cmp["trainer"] == "relu_l1"].set_index("k")
+    assert list(arm.index) == [16, 32] and (arm["n_pairs"] == 3).all()
+    uncalibrated = paired_comparison(table.assign(l0_target=None), ["mean_absorption_fraction_score"], "topk")
+    assert list(uncalibrated.loc[uncalibrated["trainer"] == "relu_l1", "k"]) == [-1]  # beside no TopK point

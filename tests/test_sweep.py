@@ -70,11 +70,33 @@ def test_train_stage_writes_one_folder_per_point_with_its_k(tmp_path):
         planned_saes(cfg, point="k99")
     assert len(planned_saes(get_preset("experiment"))) == 54  # 6 arms x 3 L0s x 3 seeds
     thinned = get_preset("experiment-extra")
-    with pytest.raises(ConfigError, match="no sweep point"):
+    with pytest.raises(ConfigError, match="trains no SAE"):
         planned_saes(thinned, trainer="batchtopk", point="k16")  # the thinned arms run only at k32
-    assert len(planned_saes(thinned, trainer="batchtopk")) == 3 and len(planned_saes(thinned)) == 12
+    assert len(planned_saes(thinned, trainer="batchtopk")) == 3 and len(planned_saes(thinned)) == 12 + 9
+    relu = {p.label: thinned.train.at_point(p.label).options["relu_l1"] for p in thinned.train.sweep}
+    assert {label: o["l0_target"] for label, o in relu.items()} == {"k16": 16, "k32": 32, "k64": 64}
+    assert relu["k16"]["l1_coeff"] > relu["k32"]["l1_coeff"] > relu["k64"]["l1_coeff"]  # more L1, lower L0
     source = InMemoryActivations(torch.randn(4096, 64, generator=torch.Generator().manual_seed(0)))
     folders = train(cfg, tmp_path, source=source, progress=False)
     assert [f.name for f in folders] == ["topk_k4_s0", "topk_k12_s0"]
     metas = [SAEMeta.read(f) for f in folders]
     assert [m.k for m in metas] == [4, 12] and [m.final_l0 for m in metas] == [4.0, 12.0]
+
+
+def test_a_penalty_sae_records_the_l0_its_weight_was_calibrated_for(tmp_path):
+    import torch
+
+    from pipeline.config import get_preset
+    from pipeline.train import train
+    from trainers.data import InMemoryActivations
+
+    cfg = get_preset("tiny")
+    cfg.train = TrainConfig(**{**__import__("dataclasses").asdict(cfg.train), "trainers": ["relu_l1"], "seeds": [0],
+                               "n_tokens": 1024, "sweep": [
+                                   {"label": "k4", "k": 4, "options": {"relu_l1": {"l1_coeff": 2.0, "l0_target": 4}}},
+                                   {"label": "free", "options": {"relu_l1": {"l1_coeff": 2.0}}}]})
+    source = InMemoryActivations(torch.randn(2048, 64, generator=torch.Generator().manual_seed(0)))
+    metas = [SAEMeta.read(f) for f in train(cfg, tmp_path, source=source, progress=False)]
+    assert [(m.k, m.l0_target) for m in metas] == [(None, 4), (None, None)]  # k stays a TopK-only field
+    with pytest.raises(ConfigError, match="l0_target"):
+        _cfg(options={"relu_l1": {"l0_target": 0}})

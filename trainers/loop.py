@@ -33,7 +33,7 @@ from trainers.checkpoint import load_latest_checkpoint, save_checkpoint
 from trainers.config import TrainConfig
 from trainers.data import ActivationSource, first_rows, norm_scale_of
 from trainers.export import ModelInfo, export_sae
-from trainers.recipe import MaintenanceContext, Recipe, get_recipe
+from trainers.recipe import MaintenanceContext, Recipe, get_recipe, l0_target_of
 from trainers.sae import SparseAutoencoder, StepOutput
 from trainers.splitting import SPLIT_COLUMNS
 from trainers.tracker import FrequencyConsistencyTracker, TrackerStep, encoder_suppression, memory_steps
@@ -379,6 +379,7 @@ def _export(run: _Run, source: ActivationSource, out_dir: Path, info: ModelInfo)
     k_value = cfg.k if run.recipe.sparsity == "k" else None
     SAEMeta(name=out_dir.name, trainer=run.trainer, seed=run.seed, architecture=run.model.architecture, k=k_value,
             d_in=source.d_model, d_sae=cfg.d_sae, model_name=info.model_name, model_source=info.model_source,
-            layer=info.layer, hook_name=info.hook_name, train_tokens=total * cfg.batch_size, l0_target=k_value,
+            layer=info.layer, hook_name=info.hook_name, train_tokens=total * cfg.batch_size,
+            l0_target=l0_target_of(run.recipe, cfg),
             final_l0=final_l0, norm_scale=run.norm_scale).write(out_dir)
     return TrainResult(out_dir, total, final_l0, run.norm_scale, len(run.splits))

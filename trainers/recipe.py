@@ -87,6 +87,18 @@ class Recipe:
     a gain over the baseline is credited to the recipe's statistic only beyond that arm."""
 
 
+def l0_target_of(recipe: Recipe, cfg: "TrainConfig") -> int | None:
+    """The L0 an SAE of ``recipe`` aims at: ``train.k`` for k-sparse recipes; for penalty recipes the
+    ``l0_target`` an option group states its weight was calibrated for, else None."""
+    if recipe.sparsity == "k":
+        return cfg.k
+    for section in recipe.options:
+        target = getattr(cfg.option(section), "l0_target", None)
+        if target is not None:
+            return target
+    return None
+
+
 RECIPES = PluginRegistry("trainer", "train", "trainers.registry")
 
 

@@ -18,9 +18,14 @@ class ReluL1Options(Options):
     section = "relu_l1"
     l1_coeff: float = 5.0
     """L1 sparsity weight (on activations times decoder norms); it sets the L0."""
+    l0_target: int | None = None
+    """The L0 that ``l1_coeff`` was calibrated to land near, recorded as the SAE's L0 target so that
+    comparisons put it beside the TopK-family SAEs of that k (None: compared at no k)."""
 
     def __post_init__(self) -> None:
         check(self.l1_coeff >= 0, f"train.options.relu_l1.l1_coeff must be >= 0, got {self.l1_coeff}")
+        check(self.l0_target is None or (isinstance(self.l0_target, int) and self.l0_target > 0),
+              f"train.options.relu_l1.l0_target must be a positive int or null, got {self.l0_target!r}")
 
 
 class ReluL1SAE(SparseAutoencoder):
