@@ -6,6 +6,7 @@ a baseline trainer records no splits); the report says which plots are missing a
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -20,9 +21,10 @@ from eval.results import summary_metrics, with_l0_point  # noqa: E402
 from fc_base.sae_folder import read_train_log  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
+    """Lay out (panels inside ``rect``, figure fractions), write and close the figure."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -245,9 +247,10 @@ FRONTIER_METRICS = ("absorption:mean_absorption_fraction_score", "absorption:mea
                     "core:ce_loss_score", "core:explained_variance_legacy")
 
 
-def frontier(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = FRONTIER_METRICS) -> Path | None:
+def frontier(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = FRONTIER_METRICS,
+             baseline: str = "topk") -> Path | None:
     """Each metric against L0, one line per trainer: mean over seeds, error bars = seed std (thick)
-    and eval noise (thin, orange). The x position is the L0 the core eval measured (mean over seeds)
+    and eval noise (thin, black). The x position is the L0 the core eval measured (mean over seeds)
     where there is one, else the target k: BatchTopK-style SAEs run below their k at inference, and
     an equal-L0 comparison must read them where they really are. Needs at least two L0 targets."""
     stats = _spread(table, metrics)
@@ -259,23 +262,32 @@ def frontier(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = FRONTIER
     measured = ok.groupby(["trainer", "k"])["value"].mean().to_dict()
     stats = stats.assign(x=[measured.get((t, k), float(k)) for t, k in zip(stats["trainer"], stats["k"])])
     names = [m for m in metrics if m in set(stats["name"])]
+    trainers = sorted(set(stats["trainer"]), key=lambda t: (t != baseline, t))  # the baseline gets the first colour
+    # one colour per trainer (beyond 10 trainers the default cycle would repeat) and one legend below
+    # the panels, where it hides no point
+    tab20 = plt.get_cmap("tab20")
+    palette = [tab20(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]  # the ten strong colours first
+    colour = {t: palette[i % len(palette)] for i, t in enumerate(trainers)}
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes.flat, names):
         part = stats[stats["name"] == name]
-        for i, (trainer, line) in enumerate(part.groupby("trainer", sort=False)):
-            line = line.sort_values("x")
+        for i, trainer in enumerate(trainers):
+            line = part[part["trainer"] == trainer].sort_values("x")
+            if line.empty:
+                continue
             shift = 1 + 0.015 * (i - 2)  # trainers at the same L0 side by side
-            ax.errorbar(line["x"] * shift, line["mean"], yerr=line["std"].fillna(0.0), marker="o", markersize=3,
-                        linewidth=1, capsize=3, elinewidth=1.5, label=trainer)
+            ax.errorbar(line["x"] * shift, line["mean"], yerr=line["std"].fillna(0.0), marker="os^Dv"[i % 5],
+                        markersize=3, linewidth=1, capsize=3, elinewidth=1.5, label=trainer, color=colour[trainer])
             if line["eval_std"].notna().any():
                 ax.errorbar(line["x"] * shift, line["mean"], yerr=line["eval_std"].fillna(0.0), fmt="none",
-                            ecolor="tab:orange", elinewidth=0.8, capsize=0)
+                            ecolor="black", elinewidth=0.8, capsize=0)
         ax.set_xscale("log", base=2)
         ks = sorted(part["k"].unique())
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set(xlabel="L0 (measured)" if measured else "L0 (k)", title=name.split(":")[1])
-    axes.flat[0].legend(fontsize=6)
-    return _save(fig, out)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7, frameon=False)
+    return _save(fig, out, rect=(0, 0.07 * math.ceil(len(labels) / 6) + 0.02, 1, 1))
 
 
 def training_curves(sae_dirs: list[Path], out: Path) -> Path | None:

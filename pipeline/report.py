@@ -23,7 +23,7 @@ PLOTS = (  # (file, title, what it shows)
     ("summary.png", "Headline metrics",
      "mean over seeds; black error bars: standard deviation over seeds; orange: the eval's own noise per SAE"),
     ("frontier.png", "L0 frontier", "each metric against the L0 the core eval measured (the target k where "
-     "there is none), one line per trainer; error bars: seed std (thick) and eval noise (thin, orange)"),
+     "there is none), one line per trainer; error bars: seed std (thick, the line's colour) and eval noise (thin, black)"),
     ("absorption_per_letter.png", "Absorption per first letter", "sae-bench absorption fraction, mean over seeds"),
     ("detection.png", "Which tracker statistic finds absorption",
      "ROC AUC of each statistic (last snapshot) at picking out absorbing latents (sae-bench) or absorbed "

@@ -82,9 +82,13 @@ def _caveats(other: pd.DataFrame, trainer: str, k: int, study: Study, baseline: 
     return "; ".join(parts)
 
 
+OTHER_BASELINES = ("matryoshka", "batchtopk", "relu_l1")
+"""Architectures without FC surgery that the verdict also sets against the baseline, at each L0."""
+
+
 def verdicts(study: Study, baseline: str = "topk") -> list[str]:
-    """One plain sentence per FC arm and L0 (and one for Matryoshka), worded from the intervals, with
-    the reconstruction change and any L0 mismatch beside it."""
+    """One plain sentence per FC arm and L0 (and one per other baseline architecture), worded from the
+    intervals, with the reconstruction change and any L0 mismatch beside it."""
     vs_base = paired_comparison(study.table, [study.primary], baseline, study.eval)
     if vs_base.empty:
         return ["No rows for this eval."]
@@ -114,15 +118,16 @@ def verdicts(study: Study, baseline: str = "topk") -> list[str]:
             base = f"vs `{baseline}` Δ {_interval(a)}, " if a["n_pairs"] else ""
             caveat = _caveats(other, arm, k, study, baseline)
             lines.append(f"- `{arm}`{kk} {word} ({study.primary} {base}{ctl}){'; ' + caveat if caveat else ''}.")
-    for k in sorted(vs_base.loc[vs_base["trainer"] == "matryoshka", "k"].unique()):
-        m = _row(vs_base, "matryoshka", k, study.primary)
-        if m is None or not m["n_pairs"]:
-            continue
-        word = {-1: "lower", 1: "higher", 0: "not different beyond the noise"}[_side(m)]
-        kk = "" if k < 0 else f" at k={k}"
-        caveat = _caveats(other, "matryoshka", k, study, baseline)
-        lines.append(f"- `matryoshka`{kk}: absorption {word} than `{baseline}` ({study.primary} Δ {_interval(m)})"
-                     f"{'; ' + caveat if caveat else ''}.")
+    for other_arch in OTHER_BASELINES:
+        for k in sorted(vs_base.loc[vs_base["trainer"] == other_arch, "k"].unique()):
+            m = _row(vs_base, other_arch, k, study.primary)
+            if m is None or not m["n_pairs"]:
+                continue
+            word = {-1: "lower", 1: "higher", 0: "not different beyond the noise"}[_side(m)]
+            kk = "" if k < 0 else f" at k={k}"
+            caveat = _caveats(other, other_arch, k, study, baseline)
+            lines.append(f"- `{other_arch}`{kk}: absorption {word} than `{baseline}` ({study.primary} Δ "
+                         f"{_interval(m)}){'; ' + caveat if caveat else ''}.")
     return lines or ["No FC arm with its control in this table."]
 
 
@@ -174,7 +179,7 @@ def detection_table(table: pd.DataFrame, eval_name: str) -> str:
                    at=ok["metric"].str.split("@").str[1].fillna("end"))
     stats = ok.groupby(["stat", "trainer", "at"])["value"].agg(["mean", "std", "count"])
     columns = [("topk", at) for at in ("25", "50", "75", "end")]
-    columns += [(t, "end") for t in ("matryoshka", "batchtopk") if t in set(ok["trainer"])]
+    columns += [(t, "end") for t in OTHER_BASELINES if t in set(ok["trainer"])]
     columns = [c for c in columns if any((s, *c) in stats.index for s in ok["stat"].unique())]
     head = " | ".join(f"{t} {'end' if at == 'end' else at + '%'}" for t, at in columns)
     lines = [f"| statistic | {head} |", "|---|" + "---|" * len(columns)]
