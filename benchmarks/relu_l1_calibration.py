@@ -71,7 +71,8 @@ def main() -> None:
         log = read_train_log(folder)
         ev = float(log["explained_variance"].tail(20).mean())
         print(f"{coeff:>9g} {meta.final_l0:>8.1f} {ev:>10.3f}")
-        measured.append((coeff, meta.final_l0))
+        if meta.final_l0 > 0:  # a weight that silences every latent has no place on a log scale
+            measured.append((coeff, meta.final_l0))
     if len(measured) >= 2:
         picks = {f"{t:g}": round(interpolate(measured, t), 3) for t in args.targets}
         print("interpolated l1_coeff per target L0:", json.dumps(picks))
