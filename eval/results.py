@@ -97,10 +97,10 @@ def rows_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 def with_l0_point(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with an int ``k`` on every row, the L0 point it is compared at: the SAE's k, else the
     L0 target a penalty SAE's weight was calibrated for (``l0_target``), else -1 (no point)."""
-    k = table["k"] if "k" in table else pd.Series(math.nan, index=table.index)
+    k = pd.to_numeric(table["k"], errors="coerce") if "k" in table else pd.Series(math.nan, index=table.index)
     if "l0_target" in table:
-        k = k.astype("float64").fillna(pd.to_numeric(table["l0_target"], errors="coerce").astype("float64"))
-    return table.assign(k=k.astype("float64").fillna(-1).round().astype(int))
+        k = k.astype("float64").fillna(pd.to_numeric(table["l0_target"], errors="coerce"))
+    return table.assign(k=k.fillna(-1).round().astype(int))
 
 
 def write_table(path: Path, df: pd.DataFrame) -> Path:

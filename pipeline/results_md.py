@@ -246,7 +246,8 @@ def load_study(kind: str, path: str) -> Study:
     model = ", ".join(sorted(set(table["model"].astype(str))))
     run = ", ".join(sorted(set(table["run"].astype(str))))
     widths = ", ".join(str(w) for w in sorted(set(table["d_sae"].astype(int))))
-    several_k = table["k"].nunique() > 1
+    points = with_l0_point(table)["k"]
+    several_k = points[points >= 0].nunique() > 1
     return Study(f"Language model: {model}, width {widths} (run {run})", table, path,
                  RUN_COMMANDS.get(run, f"make run PRESET={run}"), "absorption", "mean_absorption_fraction_score",
                  "explained_variance_legacy", "core", plot=f"docs/results/frontier_{run}.png" if several_k else None)
