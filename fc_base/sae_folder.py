@@ -59,6 +59,9 @@ class SAEMeta:
     l0_target: float | None
     final_l0: float | None
     norm_scale: float | None
+    threshold_calibration: dict | None = None
+    """How the inference threshold of a BatchTopK-family SAE was set after training (rows, target,
+    the L0 reached on those rows and on a disjoint check slice, the old threshold); None otherwise."""
 
     def write(self, folder: str | Path) -> Path:
         """Write the completion marker (atomically; call it after every other file of the SAE)."""
@@ -74,7 +77,7 @@ class SAEMeta:
         except json.JSONDecodeError as e:
             raise SAEFolderError(f"{path} is not valid JSON: {e}") from None
         wanted = {f.name for f in fields(SAEMeta)}
-        optional = {"l0_target", "final_l0", "norm_scale", "k", "model_source", "train_tokens"}
+        optional = {"l0_target", "final_l0", "norm_scale", "k", "model_source", "train_tokens", "threshold_calibration"}
         missing = sorted(wanted - set(raw) - optional)
         if missing:
             raise SAEFolderError(f"{path} lacks field(s) {', '.join(missing)}")

@@ -86,6 +86,20 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from pipeline.calibrate import calibrate
+
+    records = calibrate(args.run_dir, args.sae or None, rows=args.rows)
+    if not records:
+        print(f"no BatchTopK-family SAE in {args.run_dir}")
+    for name, r in records.items():
+        print(f"{name}: threshold {r.old_threshold:.4g} -> {r.threshold:.4g}; mean L0 on {r.check_rows} check rows "
+              f"{r.l0_check_old:.2f} -> {r.l0_check:.2f} (target {r.target_l0:g})")
+    if records:
+        print("evaluation rows of these SAEs describe the old threshold: re-run fc-sae eval --sae NAME")
+    return 0
+
+
 def cmd_results(args) -> int:
     from eval.results import print_table
 
@@ -187,6 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             p.add_argument("--eval", action="append", default=[], help="only this eval (repeatable; listed below)")
             p.add_argument("--sae", action="append", default=[], help="only this SAE (repeatable)")
+
+    cal = sub.add_parser("calibrate", help="set BatchTopK-family thresholds of finished SAEs so mean L0 = k on the cache",
+                         description="Re-calibrate the inference threshold of finished BatchTopK, Matryoshka (and "
+                         "FC variant) SAE folders in place from the run's activation cache, without retraining: "
+                         "the threshold that keeps the k x N largest pre-activations of N cache rows, checked "
+                         "on N disjoint rows. Atomic and idempotent; the record goes into sae_meta.json.")
+    cal.add_argument("--run-dir", required=True, type=Path)
+    cal.add_argument("--sae", action="append", default=[], help="only this SAE (repeatable; default: every "
+                     "BatchTopK-family SAE of the run)")
+    cal.add_argument("--rows", type=int, help="calibration rows (default: the SAE's "
+                     "train.options.batchtopk.calibration_rows, 32768)")
+    cal.set_defaults(func=cmd_calibrate)
 
     cmp = sub.add_parser("compare", help="mean ± std per trainer and seed-paired differences to a baseline")
     cmp.add_argument("--run-dir", required=True, type=Path)

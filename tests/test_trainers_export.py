@@ -18,7 +18,7 @@ from trainers.splitting import SPLIT_COLUMNS
 
 D, M, K = 24, 48, 4
 META_FIELDS = {"name", "trainer", "seed", "architecture", "k", "d_in", "d_sae", "model_name", "model_source",
-               "layer", "hook_name", "train_tokens", "l0_target", "final_l0", "norm_scale"}
+               "layer", "hook_name", "train_tokens", "l0_target", "final_l0", "norm_scale", "threshold_calibration"}
 LOG_FIELDS = {"step", "tokens", "loss", "mse", "aux_loss", "l0", "frac_alive", "explained_variance", "lr"}
 
 
@@ -97,6 +97,7 @@ def test_train_stage_writes_the_documented_sae_folders(tiny_run):
         meta = json.loads((path / "sae_meta.json").read_text())
         assert set(meta) == META_FIELDS
         assert meta["architecture"] == "topk" and meta["k"] == meta["l0_target"] == cfg.train.k
+        assert meta["threshold_calibration"] is None  # only the BatchTopK family has a threshold
         assert meta["d_in"] == 64 and meta["d_sae"] == cfg.train.d_sae and meta["hook_name"] == cfg.model.hook
         assert abs(meta["final_l0"] - cfg.train.k) < 0.5
         log = pd.read_json(path / "train_log.jsonl", lines=True)

@@ -18,11 +18,19 @@ class BatchTopKOptions(Options):
     """The learned inference threshold of the BatchTopK family (BatchTopK, Matryoshka)."""
 
     section = "batchtopk"
-    threshold_beta: float = 0.999
-    """EMA decay of the inference threshold."""
+    threshold_beta: float = 0.99
+    """EMA decay of the running threshold, bias-corrected so that no initial value lingers, with a
+    memory of 1 / (1 - beta) steps so that it follows the weights (a longer memory lags behind a
+    run of ~1000 steps). It is logged while training; the exported threshold is calibrated instead
+    (trainers.calibration)."""
+    calibration_rows: int = 32768
+    """Rows of the activation cache the exported threshold is calibrated on (mean L0 = k there),
+    and as many again, disjoint, to check it."""
 
     def __post_init__(self) -> None:
         check(0 <= self.threshold_beta < 1, "train.options.batchtopk.threshold_beta must be in [0, 1)")
+        check(isinstance(self.calibration_rows, int) and self.calibration_rows > 0,
+              f"train.options.batchtopk.calibration_rows must be a positive int, got {self.calibration_rows!r}")
 
 
 CANDIDATES_PER_K = 4
@@ -73,15 +81,18 @@ class BatchTopKSAE(SparseAutoencoder):
     architecture = "jumprelu"
 
     def __init__(self, d_in: int, d_sae: int, k: int, *, auxk_alpha: float = 1 / 32, auxk_k: int | None = None,
-                 threshold_beta: float = 0.999, candidates: int | None = None,
+                 threshold_beta: float = 0.99, candidates: int | None = None,
                  generator: torch.Generator | None = None):
         super().__init__(d_in, d_sae, k, generator)
         self.candidates = candidates
         self.auxk_alpha = auxk_alpha
         self.auxk_k = auxk_k or max(1, d_in // 2)
         self.threshold_beta = threshold_beta
-        # One global threshold learned as an EMA of the smallest surviving activation; -1 = unset.
-        self.register_buffer("threshold", torch.tensor(-1.0))
+        # One global threshold: a bias-corrected EMA of the smallest surviving activation (as Adam
+        # corrects its moments), so the first batches at random init weigh no more than later ones.
+        self.register_buffer("threshold", torch.tensor(0.0))
+        self.register_buffer("threshold_ema", torch.tensor(0.0))
+        self.register_buffer("threshold_steps", torch.tensor(0, dtype=torch.long))
 
     @torch.no_grad()
     def encode(self, x_BD: torch.Tensor) -> torch.Tensor:
@@ -111,11 +122,13 @@ class BatchTopKSAE(SparseAutoencoder):
         positive_N = positive_N[positive_N > 0]
         if positive_N.numel() == 0:
             return
-        smallest = positive_N.min()
-        if self.threshold < 0:
-            self.threshold.copy_(smallest)
-        else:
-            self.threshold.mul_(self.threshold_beta).add_(smallest, alpha=1 - self.threshold_beta)
+        beta = self.threshold_beta
+        self.threshold_ema.mul_(beta).add_(positive_N.min().float(), alpha=1 - beta)
+        self.threshold_steps += 1
+        self.threshold.copy_(self.threshold_ema / (1 - beta ** int(self.threshold_steps)))
+
+    def log_stats(self) -> dict[str, float]:
+        return {"threshold": float(self.threshold)}
 
     @torch.no_grad()
     def export_tensors(self, norm_scale: float) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ from fc_base import sae_folder as folder_schema
 from fc_base.io import write_json_atomic, write_parquet_atomic
 from fc_base.sae_folder import SAEMeta
 from fc_base.torch_utils import resolve_device as _resolve_device_name
+from trainers.calibration import ThresholdCalibration, calibrate_threshold, is_calibrated_family
 from trainers.checkpoint import load_latest_checkpoint, save_checkpoint
 from trainers.config import TrainConfig
 from trainers.data import ActivationSource, first_rows, norm_scale_of
@@ -176,7 +177,8 @@ def _log_row(run: _Run, out: StepOutput, x_BD: torch.Tensor, l0: float, lr: floa
                 "mean_frequency": float(run.tracker.frequency.mean()),
                 "mean_consistency": float(run.tracker.consistency.mean()),
                 "mean_absorption_score": float(score_M.mean()), "max_absorption_score": float(score_M.max()),
-                "n_splits": len(run.splits), "n_repairs": len(run.repairs), "n_resampled": run.n_resampled}
+                "n_splits": len(run.splits), "n_repairs": len(run.repairs), "n_resampled": run.n_resampled,
+                **run.model.log_stats()}
 
 
 def _snapshot(run: _Run) -> dict[str, np.ndarray]:
@@ -368,9 +370,23 @@ def _checkpoint(run: _Run, out_dir: Path, on_checkpoint: Callable[[int], None] |
             on_checkpoint(run.step)
 
 
+def _calibrate_threshold(run: _Run, source: ActivationSource) -> ThresholdCalibration | None:
+    """The BatchTopK family's exported threshold, set with the trained weights frozen so that the
+    mean L0 on cache rows is k (trainers.calibration); None for other recipes."""
+    if not is_calibrated_family(run.trainer):
+        return None
+    from trainers.batchtopk import BatchTopKOptions
+
+    weights = run.model.export_tensors(run.norm_scale)
+    _, record = calibrate_threshold(weights, source, run.cfg.k, rows=run.cfg.option(BatchTopKOptions).calibration_rows)
+    run.model.threshold.fill_(record.threshold)
+    return record
+
+
 def _export(run: _Run, source: ActivationSource, out_dir: Path, info: ModelInfo) -> TrainResult:
     """Weights, tracker history, split log, then ``sae_meta.json`` (the completion marker) last."""
     cfg, total = run.cfg, run.cfg.total_steps
+    calibration = _calibrate_threshold(run, source)
     export_sae(run.model, out_dir, run.norm_scale, info)
     write_parquet_atomic(out_dir / folder_schema.HISTORY_FILE, _history_frame(run.history, cfg.d_sae))
     write_parquet_atomic(out_dir / folder_schema.SPLITS_FILE, _splits_frame(run.splits))
@@ -381,5 +397,6 @@ def _export(run: _Run, source: ActivationSource, out_dir: Path, info: ModelInfo)
             d_in=source.d_model, d_sae=cfg.d_sae, model_name=info.model_name, model_source=info.model_source,
             layer=info.layer, hook_name=info.hook_name, train_tokens=total * cfg.batch_size,
             l0_target=l0_target_of(run.recipe, cfg),
-            final_l0=final_l0, norm_scale=run.norm_scale).write(out_dir)
+            final_l0=final_l0, norm_scale=run.norm_scale,
+            threshold_calibration=calibration and calibration.to_dict()).write(out_dir)
     return TrainResult(out_dir, total, final_l0, run.norm_scale, len(run.splits))

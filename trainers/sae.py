@@ -176,6 +176,10 @@ class SparseAutoencoder(nn.Module):
     def after_step(self, out: StepOutput) -> None:
         """Per-step state updates that are not gradient steps (e.g. learned thresholds)."""
 
+    def log_stats(self) -> dict[str, float]:
+        """Module state worth a column of train_log.jsonl (e.g. a running threshold)."""
+        return {}
+
     # ---- decoder-norm constraint -----------------------------------------------------------
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
