@@ -4,18 +4,22 @@ model's ground-truth features.
 - SAELens's ``eval_sae_on_synthetic_data`` (the SynthSAEBench metrics): ``mcc``, ``uniqueness``,
   ``f1``, ``precision``, ``recall``, ``explained_variance``, ``l0``, ``true_l0``, ``dead_latents``,
   ``shrinkage``, on ``n_rows`` fresh samples drawn from a seeded stream;
-- hierarchy absorption (:mod:`eval.synthetic_metrics`): ``absorption_rate`` (the share of a parent
-  feature carried by its children's latents, roots and depth 1), ``fully_absorbed_fraction``,
-  per-depth values, ``decoder_absorption`` and the number of parents/pairs scored, on the held-out
-  rows ``pipeline.evaluate`` passes in (``inputs.heldout``: activations and true feature
-  activations, from a seed no harvest uses);
+- hierarchy absorption (:mod:`eval.synthetic_metrics`): ``absorption_rate`` (the absorbed-or-lost
+  share: the share of a parent's mass its own latents do not carry, roots and depth 1), its two parts
+  ``absorbed_share`` and ``lost_share``, ``fully_absorbed_fraction``, ``unmatched_parent_fraction``,
+  per-depth values, the earlier ``carried_share``, ``decoder_absorption`` and the number of
+  parents/pairs scored, on the held-out rows ``pipeline.evaluate`` passes in (``inputs.heldout``:
+  activations and true feature activations, from a seed no harvest uses);
 - ``detect_auc_<statistic>``: for each per-latent statistic the training recorded (last snapshot of
-  ``fc_history.parquet``), the ROC AUC at telling the latents matched to absorbed parents
-  (carried share > 0.5) from the rest. ``inconsistency`` is 1 - consistency.
+  ``fc_history.parquet``), the ROC AUC at telling the matched latents l(p) of absorbed parents
+  (absorbed-or-lost share > 0.5) from the rest. ``inconsistency`` is 1 - consistency.
 
-Why the carried share and not "parent recall alone vs with a child": with compensated probabilities
-and mutually exclusive children a parent almost never fires alone, so that comparison has no rows.
-The carried share reads 0 on an oracle SAE and is high on an SAE built to absorb (tests).
+Why the absorbed-or-lost share: with compensated probabilities and mutually exclusive children a parent
+almost never fires alone, so "parent recall alone vs with a child" has no rows; the carried share
+(child latents' part of what is carried) had rows but scored an SAE that loses its parents, or never
+fires at all, as unabsorbed.  The absorbed-or-lost share counts every part of the parent its own latents
+(a thresholded, mutual match, duplicates included) do not carry; degenerate SAEs score no better than
+a trained one and an oracle about 0 (tests).
 """
 from __future__ import annotations
 
@@ -40,12 +44,16 @@ class SyntheticOptions(EvalOptions):
     """Seed of both held-out streams (harvest streams are seeded from corpus.seed and the group)."""
     batch_size: int = 4096
     """Rows per SAE forward."""
+    own_cos: float = 0.5
+    """Decoder cosine above which a latent can be a parent's own latent (absorbed-or-lost share)."""
 
     def __post_init__(self) -> None:
         for name in ("n_rows", "heldout_rows", "batch_size"):
             value = getattr(self, name)
             check(isinstance(value, int) and value > 0,
                   f"eval.options.synthetic.{name} must be a positive integer, got {value!r}")
+        check(isinstance(self.own_cos, (int, float)) and 0.0 < self.own_cos < 1.0,
+              f"eval.options.synthetic.own_cos must be a number in (0, 1), got {self.own_cos!r}")
 
 
 def saelens_metrics(model, sae_folder, opts: SyntheticOptions) -> dict[str, float]:
@@ -65,25 +73,28 @@ def saelens_metrics(model, sae_folder, opts: SyntheticOptions) -> dict[str, floa
 
 
 @torch.no_grad()
-def hierarchy_metrics(model, sae, acts_ND: torch.Tensor, feats_NF: torch.Tensor, batch_size: int
-                      ) -> tuple[dict[str, float], torch.Tensor]:
-    """Absorption metrics on held-out rows, and the mask of latents matched to absorbed parents."""
+def hierarchy_metrics(model, sae, acts_ND: torch.Tensor, feats_NF: torch.Tensor, batch_size: int, *,
+                      own_cos: float = SyntheticOptions.own_cos) -> tuple[dict[str, float], torch.Tensor]:
+    """Absorption metrics on held-out rows, and the mask of the matched latents of absorbed parents."""
     from eval.synthetic_metrics import (absorbed_parent_latents, carried_share, decoder_absorption,
-                                        hierarchy_truth)
+                                        hierarchy_truth, parent_mass)
 
     truth = hierarchy_truth(model)
     codes_NM = torch.cat([sae.encode(x_BD.to(sae.device, sae.dtype)).float().cpu()
                           for x_BD in acts_ND.split(batch_size)])
     W_dec_MD = sae.W_dec.float().cpu()  # unit rows; the codes carry the decoder norms
-    share = carried_share(truth, W_dec_MD, codes_NM, feats_NF.float())
-    metrics = {**share.summary(), **decoder_absorption(truth, W_dec_MD).summary()}
-    return metrics, absorbed_parent_latents(share, W_dec_MD.shape[0])
+    feats_NF = feats_NF.float()
+    mass = parent_mass(truth, W_dec_MD, codes_NM, feats_NF, own_cos=own_cos)
+    metrics = {**mass.summary(), **carried_share(truth, W_dec_MD, codes_NM, feats_NF).summary(),
+               **decoder_absorption(truth, W_dec_MD).summary()}
+    return metrics, absorbed_parent_latents(mass, W_dec_MD.shape[0])
 
 
 def run(inputs: EvalInputs, opts: SyntheticOptions) -> EvalOutput:
     acts_ND, feats_NF = inputs.heldout
     metrics = saelens_metrics(inputs.model, inputs.sae_folder, opts)
-    absorption, absorbed_M = hierarchy_metrics(inputs.model, inputs.sae, acts_ND, feats_NF, opts.batch_size)
+    absorption, absorbed_M = hierarchy_metrics(inputs.model, inputs.sae, acts_ND, feats_NF, opts.batch_size,
+                                               own_cos=opts.own_cos)
     metrics.update(absorption)
     history_path = inputs.sae_folder / HISTORY_FILE
     if history_path.is_file():

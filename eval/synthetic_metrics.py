@@ -1,48 +1,68 @@
 """Feature-absorption scores of an SAE against the ground truth of a SAELens synthetic model.
 
 A :class:`sae_lens.synthetic.SyntheticModel` exposes its true feature vectors
-(``model.feature_dict.feature_vectors``, F x D), its hierarchy (``model.hierarchy.roots``, trees of
-``HierarchyNode`` with ``feature_index`` and ``children``) and, through ``sample_with_features``, the
-true feature activations of every row.  :func:`hierarchy_truth` turns the model into
-:class:`HierarchyTruth` (``V_FD``, ``parent_F`` with -1 for roots, ``depth_F`` with 0 for roots);
-every function here takes either that or the model itself.
+(``model.feature_dict.feature_vectors``, F x D, unit rows), its hierarchy (``model.hierarchy.roots``,
+trees of ``HierarchyNode`` with ``feature_index`` and ``children``) and, through
+``sample_with_features``, the true feature activations of every row.  :func:`hierarchy_truth` turns the
+model into :class:`HierarchyTruth` (``V_FD``, ``parent_F`` with -1 for roots, ``depth_F`` with 0 for
+roots); every function here takes either that or the model itself.
 
 Notation.  ``v_f`` are the true vectors, ``d_j`` the SAE decoder rows, ``^`` a unit vector
 (decoder rows are normalised, so row norms never matter), ``a_bj`` the SAE codes and ``g_bf`` the
 true activations of held-out rows; ``cos(x, y) = x^ . y^``.  A *parent* is a feature with at least
 one child; ``desc(p)`` are its proper descendants; its *depth* is its number of ancestors.
 
-* ``l(p) = argmax_j cos(d_j, v_p)``: the latent matched to parent ``p``.
 * ``f(j) = argmax_f cos(d_j, v_f)``: latent ``j``'s own feature.  Cosines within ``1e-4`` of the
   maximum count as a tie, won by the deepest feature: a latent equally close to ``v_c`` and ``v_p``
   (``d_j ~ v_c + v_p``) is read as the child's latent carrying its parent.
+* ``e_jp = d_j^ . (v_p^ - (v_p^ . v_f(j)^) v_f(j)^)``: the part of ``d_j`` along ``v_p`` that its own
+  feature does not explain, set to 0 when ``<= 1e-4`` (float32 noise).
+* ``S_bp = {j : a_bj > 0, cos(d_j, v_c) > 0.3 for some c in desc(p) with g_bc > 0}``: the active
+  latents close to a descendant of ``p`` that is active on row ``b`` (``eligible_cos``).
+* ``other_bp = sum_{j in S_bp, j not own} a_bj e_jp``: what those latents carry along ``v_p`` beyond
+  their own feature.
 
 Metrics (names as returned by :func:`hierarchy_absorption_metrics`):
 
-``absorption_rate`` -- the carried share, validated on an oracle SAE (0) and on an SAE built to
-    absorb (on each absorbed parent: the fraction of its rows on which a child fires, 1 when it never
-    fires alone; a half-absorbing SAE scores about half of that).  For latent ``j`` and parent ``p``,
-    ``e_jp = d_j^ . (v_p^ - (v_p^ . v_f(j)^) v_f(j)^)``: the part of ``d_j`` along ``v_p`` that its own
-    feature does not explain, with ``e_{l(p)p} = 0`` and ``e_jp <= 1e-4`` set to 0 (float32 noise: a
-    latent exactly on its own feature would otherwise carry ~1e-8 of ``p`` and, on a row where
-    ``l(p)`` is silent, score a share of 1).  On each row ``b`` with ``g_bp > 0``::
+``absorption_rate`` -- the headline, the *absorbed-or-lost share* (:func:`parent_mass`): the share of a
+    parent's mass that its own latents do not carry.  Own latents are tied to ``p`` by a thresholded,
+    mutual match: ``l(p) = argmax_j cos(d_j, v_p)`` is ``p``'s latent when ``cos(d_{l(p)}, v_p) > own_cos``
+    (0.5) and ``f(l(p)) = p``; then ``O(p) = {j : f(j) = p, cos(d_j, v_p) > own_cos}`` (``l(p)`` and every
+    other latent aligned with ``p``, e.g. duplicates), otherwise ``O(p)`` is empty and nothing of ``p``
+    is ever own.  On each row ``b`` with ``g_bp > 0``::
 
-        own_bp   = max(0, a_{b,l(p)} * cos(d_{l(p)}, v_p))
-        other_bp = sum_{j in S_bp} a_bj * max(0, e_jp)
-        S_bp     = {j != l(p), a_bj > 0, cos(d_j, v_c) > 0.3 for some c in desc(p) with g_bc > 0}
-        share_bp = other_bp / (own_bp + other_bp),  or 0 when own_bp + other_bp <= lost_below * g_bp
-                   ("lost" row; lost_below defaults to 0, i.e. own_bp = other_bp = 0)
+        own_bp      = sum_{j in O(p)} max(0, a_bj)     (the activation the own latents give p)
+        m_bp        = max(g_bp, own_bp + other_bp)     (the parent's mass, or what is carried if more)
+        share_bp    = 1 - own_bp / m_bp                (= absorbed_bp + lost_bp)
+        absorbed_bp = other_bp / m_bp
+        lost_bp     = 1 - (own_bp + other_bp) / m_bp   (>= 0)
 
-    ``share_p`` is the mean of ``share_bp`` over the rows where ``p`` is active.
-    ``absorption_rate`` is the mean of ``share_p`` over the scored parents at depth 0 and 1;
-    ``absorption_rate/depth{d}`` the mean over scored parents at depth ``d``;
-    ``absorption_rate/all_depths`` the mean over all scored parents.  A parent is scored when it is
-    active on at least one row.
+    Own latents count with their whole code: an own latent's activation is the SAE's estimate of
+    ``g_bp`` (the purity of its decoder is left to MCC and the decoder metrics), whereas ``other_bp``
+    counts only the part of a child latent along ``v_p`` beyond its own feature.  A row nobody carries scores 1
+    (all lost); a row the own latents carry in full (``own_bp >= g_bp``, nothing else) scores 0; when more
+    than ``g_bp`` is carried the share is the ratio ``other / (own + other)``.
+
+    ``share_p`` is the mean of ``share_bp`` over the rows where ``p`` is active;
+    ``absorption_rate`` the mean of ``share_p`` over the scored parents at depth 0 and 1,
+    ``absorption_rate/depth{d}`` over those at depth ``d``, ``absorption_rate/all_depths`` over all
+    scored parents (a parent is scored when it is active on at least one row).  ``absorbed_share`` and
+    ``lost_share`` (and ``/depth{d}``) are the same means of ``absorbed_bp`` and ``lost_bp``; they add up
+    to ``absorption_rate``.  Limit: codes above ``g_bp`` are not penalised, so own latents that fire
+    too strongly (e.g. copies that all fire at full weight, reconstructing the parent twice) lower the
+    share; that error shows in the explained variance, which the headline is read with.
 ``fully_absorbed_fraction`` -- fraction of the scored depth-0/1 parents with ``share_p > 0.5``.
-``lost_fraction`` (and ``/depth{d}``) -- mean over the same parents of the fraction of their active
-    rows that are lost (neither ``l(p)`` nor a child latent carries ``p``).
+``unmatched_parent_fraction`` (and ``/depth{d}``) -- fraction of the scored depth-0/1 parents (at
+    depth ``d``) with no own latent.
+``own_latents_per_parent`` -- mean ``|O(p)|`` over the scored depth-0/1 parents.
 ``n_parents_scored`` (and ``/depth{d}``, ``/all_depths``) -- number of parents behind the means above.
 ``n_parent_rows`` -- number of (parent, row) pairs behind ``absorption_rate``.
+``carried_share`` (and ``/depth{d}``) -- the earlier headline (:func:`carried_share`), kept to compare
+    with: ``l(p)`` the unthresholded argmax, only ``l(p)`` is own (``own_bp = max(0, a_{b,l(p)}
+    cos(d_{l(p)}, v_p))``, ``e_{l(p)p} = 0``), ``share_bp = other_bp / (own_bp + other_bp)``, and a row where
+    ``own_bp + other_bp <= lost_below * g_bp`` (default: nothing carried) scores 0.  It rewards losing
+    the parent (an SAE that never fires scores 0) and ignores every own latent but the argmax.
+    ``carried_share_lost_rows`` is the mean fraction of such rows.
 ``decoder_absorption`` -- weights only.  Over (parent ``p``, direct child ``c``) pairs whose child
     has a matched latent, ``max_j cos(d_j, v_c) > 0.5`` with ``l(c) = argmax_j cos(d_j, v_c)``: the
     fraction of pairs with ``cos(d_{l(c)}, v_p) - cos(v_c, v_p) > 0.2``.  Overall (every depth) and
@@ -50,11 +70,12 @@ Metrics (names as returned by :func:`hierarchy_absorption_metrics`):
     count the matched pairs.
 
 :func:`detection_auc` is the rank ROC AUC (ties count one half) of a per-latent statistic at
-separating the latents of :func:`absorbed_parent_latents` (``l(p)`` for parents with
+separating the latents of :func:`absorbed_parent_latents` (``l(p)`` for parents with an own latent and
 ``share_p > 0.5``) from all other latents; NaN when a class is empty.
 
 Codes are used as given: when decoder rows are not unit norm and codes should count as
-reconstruction contributions, pass ``A_BM * W_dec_MD.norm(dim=1)``.  Memory: one M x K matrix
+reconstruction contributions, pass ``A_BM * W_dec_MD.norm(dim=1)``; the absorbed-or-lost share also
+compares them with ``g_bp``, so they must be in the activations' units.  Memory: one M x K matrix
 (latent close to descendant ``k``, K = features that have a parent) and M x P matrices (P = parents);
 ``chunk_size`` bounds the (chunk x M) and (chunk x K) tensors of the latent and row passes.
 """
@@ -67,6 +88,7 @@ import numpy as np
 import torch
 from sae_lens.synthetic import SyntheticModel
 
+OWN_COS = 0.5  # a parent's own latents are closer than this to the parent
 ELIGIBLE_COS = 0.3  # a latent this close to an active descendant may carry the parent
 CHILD_MATCH_COS = 0.5  # a child with no latent this close has no matched latent
 DECODER_GAIN = 0.2  # cos gain toward the parent that marks an absorbing child decoder
@@ -161,91 +183,184 @@ def _latent_geometry(Dh_MD: torch.Tensor, Vh_FD: torch.Tensor, depth_F: torch.Te
     return _LatentGeometry(torch.cat(own_f), torch.cat(own_c), torch.cat(near))
 
 
-@dataclass
-class CarriedShare:
-    """Per-parent carried share; see the module docstring for the formula."""
-
-    parent_P: torch.Tensor  # feature index of each scored parent
-    depth_P: torch.Tensor
-    latent_P: torch.Tensor  # l(p)
-    share_P: torch.Tensor  # mean carried share over the parent's active rows
-    lost_P: torch.Tensor  # fraction of those rows lost
-    rows_P: torch.Tensor  # number of active rows
-
-    def summary(self, headline_depths: Sequence[int] = HEADLINE_DEPTHS,
-                full_share: float = FULL_SHARE) -> dict[str, float]:
-        wanted = torch.as_tensor(list(headline_depths), device=self.depth_P.device)
-        head_P = torch.isin(self.depth_P, wanted)
-        out = {
-            "absorption_rate": _mean(self.share_P[head_P]),
-            "absorption_rate/all_depths": _mean(self.share_P),
-            "fully_absorbed_fraction": _mean((self.share_P[head_P] > full_share).float()),
-            "lost_fraction": _mean(self.lost_P[head_P]),
-            "n_parents_scored": float(head_P.sum()),
-            "n_parents_scored/all_depths": float(len(self.parent_P)),
-            "n_parent_rows": float(self.rows_P[head_P].sum()),
-        }
-        for d in sorted(set(self.depth_P.tolist())):
-            at_P = self.depth_P == d
-            out[f"absorption_rate/depth{d}"] = _mean(self.share_P[at_P])
-            out[f"lost_fraction/depth{d}"] = _mean(self.lost_P[at_P])
-            out[f"n_parents_scored/depth{d}"] = float(at_P.sum())
-        return out
+def _per_parent_mean(q_N: torch.Tensor, x_N: torch.Tensor, rows_P: torch.Tensor) -> torch.Tensor:
+    return torch.bincount(q_N, weights=x_N.float(), minlength=len(rows_P)) / rows_P.clamp(min=1).float()
 
 
 def _mean(x: torch.Tensor) -> float:
     return float(x.float().mean()) if x.numel() else float("nan")
 
 
+@dataclass
+class _Scoring:
+    """What both parent scores share: unit vectors, the hierarchy as index tensors, the geometry."""
+
+    Vh_FD: torch.Tensor
+    Dh_MD: torch.Tensor
+    A_BM: torch.Tensor
+    G_BF: torch.Tensor  # dense
+    depth_F: torch.Tensor
+    parents_P: torch.Tensor
+    desc_K: torch.Tensor  # every feature that is someone's descendant
+    anc_KP: torch.Tensor  # parents_P[q] is a proper ancestor of desc_K[k]
+    geo: _LatentGeometry
+    C_MP: torch.Tensor  # cos(d_j, v_p)
+
+    def residual_MP(self) -> torch.Tensor:
+        """e_jp: latent j's component along v_p minus what its own feature accounts for (noise -> 0)."""
+        E_MP = self.C_MP - (self.Vh_FD[self.geo.own_feature_M] @ self.Vh_FD[self.parents_P].T) \
+            * self.geo.own_cos_M[:, None]
+        return torch.where(E_MP > NOISE_TOL, E_MP, 0.0)
+
+
+def _scoring(truth: HierarchyTruth | SyntheticModel, W_dec_MD: torch.Tensor, A_BM: torch.Tensor,
+             G_BF: torch.Tensor, eligible_cos: float, chunk_size: int) -> _Scoring:
+    device = A_BM.device
+    t = _as_truth(truth, device)
+    Vh_FD, Dh_MD = _unit(t.V_FD), _unit(W_dec_MD.detach().to(device, torch.float32))
+    parents_P = _parents(t.parent_F)
+    desc_K = torch.nonzero(t.parent_F >= 0).squeeze(1)
+    return _Scoring(Vh_FD, Dh_MD, A_BM.detach().float(),
+                    (G_BF.to_dense() if G_BF.is_sparse else G_BF).detach().to(device).float(),
+                    t.depth_F, parents_P, desc_K, _ancestor_mask(t.parent_F, parents_P)[desc_K],
+                    _latent_geometry(Dh_MD, Vh_FD, t.depth_F, desc_K, eligible_cos, chunk_size),
+                    Dh_MD @ Vh_FD[parents_P].T)
+
+
+def _pair_sums(s: _Scoring, own_weight_MP: torch.Tensor, E_MP: torch.Tensor, chunk_size: int
+               ) -> tuple[torch.Tensor, ...]:
+    """Over every (active row b, parent p) pair: (row_N, q_N, own_N, other_N, g_N).
+
+    ``own_N = sum_j a_bj own_weight_jp``; ``other_N = sum_j a_bj E_jp`` over the active latents
+    close (cos > eligible_cos) to a descendant of p active on the row; ``g_N = g_bp``.
+    """
+    row_N, q_N = torch.nonzero(s.G_BF[:, s.parents_P] > 0, as_tuple=True)
+    near_KM = s.geo.near_MK.T.float()
+    own_N = torch.empty(len(row_N), device=s.A_BM.device)
+    other_N = torch.empty(len(row_N), device=s.A_BM.device)
+    for start in range(0, len(row_N), chunk_size):  # chunks of rows: bounded (chunk x M) tensors
+        b_n, q_n = row_N[start:start + chunk_size], q_N[start:start + chunk_size]
+        A_nM = s.A_BM[b_n]
+        active_desc_nK = (s.G_BF[b_n][:, s.desc_K] > 0) & s.anc_KP[:, q_n].T
+        eligible_nM = (active_desc_nK.float() @ near_KM > 0) & (A_nM > 0)
+        other_N[start:start + chunk_size] = (A_nM * E_MP[:, q_n].T * eligible_nM).sum(dim=1)
+        own_N[start:start + chunk_size] = (A_nM * own_weight_MP[:, q_n].T).sum(dim=1)
+    return row_N, q_N, own_N, other_N, s.G_BF[row_N, s.parents_P[q_N]]
+
+
+def _depth_summary(name: str, x_P: torch.Tensor, depth_P: torch.Tensor) -> dict[str, float]:
+    return {f"{name}/depth{d}": _mean(x_P[depth_P == d]) for d in sorted(set(depth_P.tolist()))}
+
+
+def _headline_mask(depth_P: torch.Tensor, headline_depths: Sequence[int]) -> torch.Tensor:
+    return torch.isin(depth_P, torch.as_tensor(list(headline_depths), device=depth_P.device))
+
+
+@dataclass
+class ParentMass:
+    """Per parent: how its mass splits into own / absorbed / lost; see the module docstring."""
+
+    parent_P: torch.Tensor  # feature index of each scored parent
+    depth_P: torch.Tensor
+    latent_P: torch.Tensor  # l(p), the mutual match; -1 for a parent with no own latent
+    n_own_P: torch.Tensor  # number of own latents (l(p) and every other latent of O(p))
+    share_P: torch.Tensor  # absorbed-or-lost share (mean over the parent's active rows)
+    absorbed_P: torch.Tensor
+    lost_P: torch.Tensor
+    rows_P: torch.Tensor  # number of active rows
+
+    def summary(self, headline_depths: Sequence[int] = HEADLINE_DEPTHS,
+                full_share: float = FULL_SHARE) -> dict[str, float]:
+        head_P = _headline_mask(self.depth_P, headline_depths)
+        unmatched_P = (self.latent_P < 0).float()
+        out = {
+            "absorption_rate": _mean(self.share_P[head_P]),
+            "absorption_rate/all_depths": _mean(self.share_P),
+            "absorbed_share": _mean(self.absorbed_P[head_P]),
+            "lost_share": _mean(self.lost_P[head_P]),
+            "fully_absorbed_fraction": _mean((self.share_P[head_P] > full_share).float()),
+            "unmatched_parent_fraction": _mean(unmatched_P[head_P]),
+            "own_latents_per_parent": _mean(self.n_own_P[head_P]),
+            "n_parents_scored": float(head_P.sum()),
+            "n_parents_scored/all_depths": float(len(self.parent_P)),
+            "n_parent_rows": float(self.rows_P[head_P].sum()),
+        }
+        for name, x_P in (("absorption_rate", self.share_P), ("absorbed_share", self.absorbed_P),
+                          ("lost_share", self.lost_P), ("unmatched_parent_fraction", unmatched_P)):
+            out.update(_depth_summary(name, x_P, self.depth_P))
+        out.update({f"n_parents_scored/depth{d}": float((self.depth_P == d).sum())
+                    for d in sorted(set(self.depth_P.tolist()))})
+        return out
+
+
+def parent_mass(truth: HierarchyTruth | SyntheticModel, W_dec_MD: torch.Tensor, A_BM: torch.Tensor,
+                G_BF: torch.Tensor, *, own_cos: float = OWN_COS, eligible_cos: float = ELIGIBLE_COS,
+                chunk_size: int = 4096) -> ParentMass:
+    """The share of each parent's mass that its own latents do not carry (absorbed or lost)."""
+    # Negative codes carry nothing (the other part only counts active latents anyway).
+    s = _scoring(truth, W_dec_MD, A_BM.clamp(min=0), G_BF, eligible_cos, chunk_size)
+    q_P = torch.arange(len(s.parents_P), device=s.C_MP.device)
+    best_P = s.C_MP.argmax(dim=0)
+    matched_P = (s.geo.own_feature_M[best_P] == s.parents_P) & (s.C_MP[best_P, q_P] > own_cos)
+    own_MP = (s.geo.own_feature_M[:, None] == s.parents_P[None, :]) & (s.C_MP > own_cos) & matched_P[None, :]
+    row_N, q_N, own_N, other_N, g_N = _pair_sums(s, own_MP.float(), s.residual_MP().masked_fill(own_MP, 0.0),
+                                                 chunk_size)
+    mass_N = torch.maximum(g_N, own_N + other_N)
+    absorbed_N = other_N / mass_N
+    share_N = 1.0 - own_N / mass_N
+    rows_P = torch.bincount(q_N, minlength=len(s.parents_P))
+    scored_P = rows_P > 0
+    share_P = _per_parent_mean(q_N, share_N, rows_P)
+    absorbed_P = _per_parent_mean(q_N, absorbed_N, rows_P)
+    return ParentMass(s.parents_P[scored_P], s.depth_F[s.parents_P][scored_P],
+                      torch.where(matched_P, best_P, -1)[scored_P], own_MP.sum(dim=0)[scored_P],
+                      share_P[scored_P], absorbed_P[scored_P], (share_P - absorbed_P)[scored_P], rows_P[scored_P])
+
+
+@dataclass
+class CarriedShare:
+    """Per parent: the carried share (the earlier definition); see the module docstring."""
+
+    parent_P: torch.Tensor  # feature index of each scored parent
+    depth_P: torch.Tensor
+    latent_P: torch.Tensor  # argmax_j cos(d_j, v_p), unthresholded
+    share_P: torch.Tensor  # mean carried share over the parent's active rows
+    lost_P: torch.Tensor  # fraction of those rows lost
+    rows_P: torch.Tensor  # number of active rows
+
+    def summary(self, headline_depths: Sequence[int] = HEADLINE_DEPTHS) -> dict[str, float]:
+        head_P = _headline_mask(self.depth_P, headline_depths)
+        return {"carried_share": _mean(self.share_P[head_P]),
+                "carried_share_lost_rows": _mean(self.lost_P[head_P]),
+                **_depth_summary("carried_share", self.share_P, self.depth_P)}
+
+
 def carried_share(truth: HierarchyTruth | SyntheticModel, W_dec_MD: torch.Tensor, A_BM: torch.Tensor,
                   G_BF: torch.Tensor, *, eligible_cos: float = ELIGIBLE_COS, lost_below: float = 0.0,
                   chunk_size: int = 4096) -> CarriedShare:
-    """Share of each parent's direction carried by child latents on the rows where it fires.
+    """The earlier carried share: the share of each parent's direction carried by child latents on
+    the rows where it is carried at all.
 
     ``lost_below`` > 0 also counts as lost the rows where the SAE carries less than that fraction of
     the parent's true activation (codes compared with ``g_bp``, so it assumes unit-norm decoders).
     """
-    device = A_BM.device
-    t = _as_truth(truth, device)
-    Vh_FD, Dh_MD = _unit(t.V_FD), _unit(W_dec_MD.detach().to(device, torch.float32))
-    A_BM = A_BM.detach().float()
-    G_BF = (G_BF.to_dense() if G_BF.is_sparse else G_BF).detach().to(device)
-    parents_P = _parents(t.parent_F)
-    desc_K = torch.nonzero(t.parent_F >= 0).squeeze(1)  # every feature that is someone's descendant
-    anc_KP = _ancestor_mask(t.parent_F, parents_P)[desc_K]
-    geo = _latent_geometry(Dh_MD, Vh_FD, t.depth_F, desc_K, eligible_cos, chunk_size)
-
-    C_MP = Dh_MD @ Vh_FD[parents_P].T
-    latent_P = C_MP.argmax(dim=0)
-    own_cos_P = C_MP[latent_P, torch.arange(len(parents_P), device=device)]
-    # e_jp: the latent's component along v_p minus what its own feature accounts for.
-    E_MP = C_MP - (Vh_FD[geo.own_feature_M] @ Vh_FD[parents_P].T) * geo.own_cos_M[:, None]
-    E_MP = torch.where(E_MP > NOISE_TOL, E_MP, 0.0)
-    E_MP[latent_P, torch.arange(len(parents_P), device=device)] = 0.0
-    near_KM = geo.near_MK.T.float()
-
-    row_N, q_N = torch.nonzero(G_BF[:, parents_P] > 0, as_tuple=True)
-    share_N = torch.empty(len(row_N), device=device)
-    lost_N = torch.empty(len(row_N), dtype=torch.bool, device=device)
-    for s in range(0, len(row_N), chunk_size):
-        b_n, q_n = row_N[s:s + chunk_size], q_N[s:s + chunk_size]
-        A_nM = A_BM[b_n]
-        active_desc_nK = (G_BF[b_n][:, desc_K] > 0) & anc_KP[:, q_n].T
-        eligible_nM = (active_desc_nK.float() @ near_KM > 0) & (A_nM > 0)
-        other_n = (A_nM * E_MP[:, q_n].T * eligible_nM).sum(dim=1)
-        own_n = (A_nM.gather(1, latent_P[q_n][:, None]).squeeze(1) * own_cos_P[q_n]).clamp(min=0)
-        total_n = own_n + other_n
-        lost_n = total_n <= lost_below * G_BF[b_n, parents_P[q_n]]  # p not carried: lost, not absorbed
-        lost_N[s:s + chunk_size] = lost_n
-        share_N[s:s + chunk_size] = torch.where(lost_n, 0.0, other_n / total_n.clamp(min=1e-30))
-
-    rows_P = torch.bincount(q_N, minlength=len(parents_P))
+    s = _scoring(truth, W_dec_MD, A_BM, G_BF, eligible_cos, chunk_size)
+    q_P = torch.arange(len(s.parents_P), device=s.C_MP.device)
+    latent_P = s.C_MP.argmax(dim=0)
+    own_weight_MP = torch.zeros_like(s.C_MP)
+    own_weight_MP[latent_P, q_P] = s.C_MP[latent_P, q_P]
+    E_MP = s.residual_MP()
+    E_MP[latent_P, q_P] = 0.0
+    row_N, q_N, own_N, other_N, g_N = _pair_sums(s, own_weight_MP, E_MP, chunk_size)
+    own_N = own_N.clamp(min=0)
+    total_N = own_N + other_N
+    lost_N = total_N <= lost_below * g_N  # p not carried: lost, not absorbed
+    share_N = torch.where(lost_N, 0.0, other_N / total_N.clamp(min=1e-30))
+    rows_P = torch.bincount(q_N, minlength=len(s.parents_P))
     scored_P = rows_P > 0
-    n_P = rows_P.clamp(min=1).float()
-    share_P = torch.bincount(q_N, weights=share_N, minlength=len(parents_P)) / n_P
-    lost_P = torch.bincount(q_N, weights=lost_N.float(), minlength=len(parents_P)) / n_P
-    return CarriedShare(parents_P[scored_P], t.depth_F[parents_P][scored_P], latent_P[scored_P],
-                        share_P[scored_P], lost_P[scored_P], rows_P[scored_P])
+    return CarriedShare(s.parents_P[scored_P], s.depth_F[s.parents_P][scored_P], latent_P[scored_P],
+                        _per_parent_mean(q_N, share_N, rows_P)[scored_P],
+                        _per_parent_mean(q_N, lost_N, rows_P)[scored_P], rows_P[scored_P])
 
 
 @dataclass
@@ -286,10 +401,11 @@ def decoder_absorption(truth: HierarchyTruth | SyntheticModel, W_dec_MD: torch.T
                              matched_Q & (gain_Q > min_gain))
 
 
-def absorbed_parent_latents(share: CarriedShare, num_latents: int, *, threshold: float = FULL_SHARE,
-                            depths: Sequence[int] | None = None) -> torch.Tensor:
-    """Bool mask over latents: ``l(p)`` of the parents (at ``depths``; all if None) with share > threshold."""
-    keep_P = share.share_P > threshold
+def absorbed_parent_latents(share: ParentMass | CarriedShare, num_latents: int, *,
+                            threshold: float = FULL_SHARE, depths: Sequence[int] | None = None) -> torch.Tensor:
+    """Bool mask over latents: ``l(p)`` of the parents (at ``depths``; all if None) with share >
+    threshold; a parent with no own latent (``l(p) = -1``) marks nothing."""
+    keep_P = (share.share_P > threshold) & (share.latent_P >= 0)
     if depths is not None:
         keep_P &= torch.isin(share.depth_P, torch.as_tensor(list(depths), device=share.depth_P.device))
     mask_M = torch.zeros(num_latents, dtype=torch.bool)
@@ -320,14 +436,16 @@ def detection_auc(statistic_M: torch.Tensor | np.ndarray,
 
 
 def hierarchy_absorption_metrics(truth: HierarchyTruth | SyntheticModel, W_dec_MD: torch.Tensor,
-                                 A_BM: torch.Tensor, G_BF: torch.Tensor, *,
+                                 A_BM: torch.Tensor, G_BF: torch.Tensor, *, own_cos: float = OWN_COS,
                                  eligible_cos: float = ELIGIBLE_COS, child_match_cos: float = CHILD_MATCH_COS,
                                  min_gain: float = DECODER_GAIN, full_share: float = FULL_SHARE,
                                  lost_below: float = 0.0, chunk_size: int = 4096) -> dict[str, float]:
-    """Every metric of the module docstring, as a flat ``name -> value`` dict."""
+    """Every metric of the module docstring, as a flat ``name -> value`` dict (``lost_below``: the
+    carried share's option)."""
     device = A_BM.device
     t = _as_truth(truth, device)
-    share = carried_share(t, W_dec_MD, A_BM, G_BF, eligible_cos=eligible_cos, lost_below=lost_below,
-                          chunk_size=chunk_size)
+    mass = parent_mass(t, W_dec_MD, A_BM, G_BF, own_cos=own_cos, eligible_cos=eligible_cos, chunk_size=chunk_size)
+    carried = carried_share(t, W_dec_MD, A_BM, G_BF, eligible_cos=eligible_cos, lost_below=lost_below,
+                            chunk_size=chunk_size)
     geometry = decoder_absorption(t, W_dec_MD.to(device), child_match_cos=child_match_cos, min_gain=min_gain)
-    return {**share.summary(full_share=full_share), **geometry.summary()}
+    return {**mass.summary(full_share=full_share), **carried.summary(), **geometry.summary()}

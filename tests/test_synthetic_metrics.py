@@ -1,8 +1,9 @@
 """Absorption metrics of eval.synthetic_metrics on a tiny SAELens synthetic hierarchy.
 
 SAEs are built by hand (no training): an oracle (decoder = true dictionary, codes = true
-activations), an SAE where chosen parents are absorbed into their children, and one where they are
-half absorbed.
+activations), an SAE where chosen parents are absorbed into their children, one where they are half
+absorbed, and degenerate ones (silent, parent latents gone, duplicated, rotated away). The same
+scores on SAE folders through the eval path: tests/test_synthetic_adversarial.py.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from eval.synthetic_metrics import (
     detection_auc,
     hierarchy_absorption_metrics,
     hierarchy_truth,
+    parent_mass,
 )
 
 N_ROWS = 4096
@@ -92,12 +94,16 @@ def test_truth_matches_the_hierarchy(model, truth):
 
 def test_oracle_scores_no_absorption(truth, G_BF):
     m = hierarchy_absorption_metrics(truth, truth.V_FD, G_BF, G_BF)
-    assert m["absorption_rate"] < 0.02 and m["absorption_rate/all_depths"] < 0.02
-    assert m["fully_absorbed_fraction"] == 0.0 and m["lost_fraction"] == 0.0
+    # Each parent's own latent is its true vector and fires at its true activation: own = g exactly.
+    assert m["absorption_rate"] < 1e-5 and m["absorption_rate/all_depths"] < 1e-5
+    assert m["absorbed_share"] < 1e-5 and m["lost_share"] < 1e-5
+    assert m["fully_absorbed_fraction"] == 0.0 and m["unmatched_parent_fraction"] == 0.0
+    assert m["own_latents_per_parent"] == 1.0
+    assert m["carried_share"] < 0.02 and m["carried_share_lost_rows"] == 0.0
     assert m["decoder_absorption"] == 0.0
     assert m["n_parents_scored"] >= 5 and m["n_pairs_scored"] >= 20 and m["n_parent_rows"] > 100
     for d in (0, 1, 2):
-        assert m[f"absorption_rate/depth{d}"] < 0.02
+        assert m[f"absorption_rate/depth{d}"] < 1e-5 and m[f"carried_share/depth{d}"] < 0.02
         assert m[f"decoder_absorption/depth{d}"] == 0.0
 
 
@@ -116,17 +122,43 @@ def test_absorbing_sae_scores_absorption(truth, G_BF):
     assert m["decoder_absorption/depth0"] > 0.3 and m["decoder_absorption"] > 0.0
     assert m["decoder_absorption/depth1"] == 0.0
 
-    share = carried_share(truth, W_dec_MD, A_BM, G_BF)
-    absorbed_P = torch.isin(share.parent_P, torch.tensor(ABSORBED_ROOTS))
-    # The parent latent still carries p on the rows where p fires without a child.
-    expected_P = torch.stack([with_child_fraction(truth, G_BF, p) for p in share.parent_P[absorbed_P]])
-    assert torch.allclose(share.share_P[absorbed_P], expected_P, atol=1e-5)
-    assert (share.share_P[absorbed_P] > 0.5).all()
-    assert (share.share_P[~absorbed_P] < 0.02).all()
-    assert (share.latent_P[absorbed_P] == share.parent_P[absorbed_P]).all()
+    # The parent latent still carries p on the rows where p fires without a child; on the others the
+    # child latents carry all of it (absorbed, not lost). Both definitions agree here.
+    for share in (parent_mass(truth, W_dec_MD, A_BM, G_BF), carried_share(truth, W_dec_MD, A_BM, G_BF)):
+        absorbed_P = torch.isin(share.parent_P, torch.tensor(ABSORBED_ROOTS))
+        expected_P = torch.stack([with_child_fraction(truth, G_BF, p) for p in share.parent_P[absorbed_P]])
+        assert torch.allclose(share.share_P[absorbed_P], expected_P, atol=1e-5)
+        assert (share.share_P[absorbed_P] > 0.5).all()
+        assert (share.share_P[~absorbed_P] < 0.02).all()
+        assert (share.latent_P[absorbed_P] == share.parent_P[absorbed_P]).all()
+    # Almost all absorbed, little lost: on a child row the child latent carries g_c (1 - s^2) along v_p.
+    mass = parent_mass(truth, W_dec_MD, A_BM, G_BF)
+    absorbed_P = torch.isin(mass.parent_P, torch.tensor(ABSORBED_ROOTS))
+    assert (mass.absorbed_P[absorbed_P] > 0.95 * mass.share_P[absorbed_P]).all()
+    assert torch.allclose(mass.absorbed_P + mass.lost_P, mass.share_P, atol=1e-6)
 
 
-def test_partial_absorption_scores_a_partial_share(truth, G_BF):
+def test_partial_absorption_scores_the_analytic_share(truth, G_BF):
+    """Child rows: own = g_p / 2 (the parent latent's code) and other = g_c (1 - s^2) / 2 (the child
+    latent d ~ v_c + v_p / 2 beyond its own feature); share = 1 - own / max(g_p, own + other)."""
+    W_dec_MD, A_BM = absorbing_sae(truth, G_BF, ABSORBED_ROOTS, alpha=0.5)
+    mass = parent_mass(truth, W_dec_MD, A_BM, G_BF)
+    absorbed_P = torch.isin(mass.parent_P, torch.tensor(ABSORBED_ROOTS))
+    for p, got, got_absorbed in zip(mass.parent_P[absorbed_P].tolist(), mass.share_P[absorbed_P],
+                                    mass.absorbed_P[absorbed_P], strict=True):
+        kids = children_of(truth, p)
+        s_K = truth.V_FD[kids] @ truth.V_FD[p]
+        G_bF = G_BF[G_BF[:, p] > 0]
+        g_b = G_bF[:, p]
+        own_b = torch.where((G_bF[:, kids] > 0).any(dim=1), 0.5 * g_b, g_b)
+        other_b = (G_bF[:, kids] * 0.5 * (1 - s_K**2)).sum(dim=1)
+        mass_b = torch.maximum(g_b, own_b + other_b)
+        assert got == pytest.approx(float((1 - own_b / mass_b).mean()), abs=1e-5)
+        assert got_absorbed == pytest.approx(float((other_b / mass_b).mean()), abs=1e-5)
+        assert 0.2 < got < 0.6
+
+
+def test_partial_absorption_scores_a_partial_carried_share(truth, G_BF):
     W_dec_MD, A_BM = absorbing_sae(truth, G_BF, ABSORBED_ROOTS, alpha=0.5)
     share = carried_share(truth, W_dec_MD, A_BM, G_BF)
     absorbed_P = torch.isin(share.parent_P, torch.tensor(ABSORBED_ROOTS))
@@ -155,7 +187,7 @@ def test_metrics_ignore_decoder_row_norms(truth, G_BF):
 
 def test_absorbed_parent_latents_are_detected(truth, G_BF):
     W_dec_MD, A_BM = absorbing_sae(truth, G_BF, ABSORBED_ROOTS)
-    share = carried_share(truth, W_dec_MD, A_BM, G_BF)
+    share = parent_mass(truth, W_dec_MD, A_BM, G_BF)
     mask_M = absorbed_parent_latents(share, W_dec_MD.shape[0])
     assert torch.nonzero(mask_M).squeeze(1).tolist() == list(ABSORBED_ROOTS)
     assert detection_auc(mask_M.float(), mask_M) == 1.0
@@ -188,16 +220,92 @@ def test_chunking_and_sparse_truth_do_not_change_the_result(truth, G_BF):
     assert chunked == pytest.approx(whole, abs=1e-6, nan_ok=True)
 
 
-def test_dropped_parent_counts_as_lost_not_absorbed(truth, G_BF):
-    """Parent latent silent with a child, child latents pure: nothing carries p on those rows."""
+def test_dropped_parent_counts_as_lost(truth, G_BF):
+    """Parent latent silent with a child, child latents pure: nothing carries p on those rows. The
+    absorbed-or-lost share counts them (as lost); the carried share scores them 0."""
     A_BM = G_BF.clone()
     p = ABSORBED_ROOTS[0]
     A_BM[:, p] *= ~(G_BF[:, children_of(truth, p)] > 0).any(dim=1)
+    mass = parent_mass(truth, truth.V_FD, A_BM, G_BF)
+    at_p = mass.parent_P == p
+    expected = with_child_fraction(truth, G_BF, p).item()
+    assert mass.share_P[at_p].item() == pytest.approx(expected, abs=1e-6)
+    assert mass.lost_P[at_p].item() == pytest.approx(expected, abs=1e-6) and mass.absorbed_P[at_p].item() < 1e-6
     share = carried_share(truth, truth.V_FD, A_BM, G_BF)
-    at_p = share.parent_P == p
-    assert share.share_P[at_p].item() < 1e-6
-    assert share.lost_P[at_p].item() == pytest.approx(with_child_fraction(truth, G_BF, p).item(), abs=1e-6)
-    assert hierarchy_absorption_metrics(truth, truth.V_FD, A_BM, G_BF)["lost_fraction/depth0"] > 0.1
+    assert share.share_P[share.parent_P == p].item() < 1e-6
+    assert share.lost_P[share.parent_P == p].item() == pytest.approx(expected, abs=1e-6)
+    m = hierarchy_absorption_metrics(truth, truth.V_FD, A_BM, G_BF)
+    assert m["lost_share/depth0"] > 0.1 and m["carried_share_lost_rows"] > 0.0
+
+
+def test_silent_sae_is_all_lost(truth, G_BF):
+    m = hierarchy_absorption_metrics(truth, truth.V_FD, torch.zeros_like(G_BF), G_BF)
+    assert m["absorption_rate"] == 1.0 and m["lost_share"] == 1.0 and m["absorbed_share"] == 0.0
+    assert m["fully_absorbed_fraction"] == 1.0
+    assert m["carried_share"] == 0.0 and m["carried_share_lost_rows"] == 1.0  # the flaw it replaces
+
+
+def test_parent_without_a_latent_is_never_own(truth, G_BF):
+    """Absorbed roots whose parent latents point elsewhere: p's nearest latent is now an absorbing child
+    latent (f = the child), which the carried share took for p's own latent."""
+    W_dec_MD, A_BM = absorbing_sae(truth, G_BF, ABSORBED_ROOTS)
+    gen = torch.Generator().manual_seed(3)
+    for p in ABSORBED_ROOTS:
+        W_dec_MD[p] = torch.randn(W_dec_MD.shape[1], generator=gen)
+        A_BM[:, p] = 0.0
+    mass = parent_mass(truth, W_dec_MD, A_BM, G_BF)
+    at_P = torch.isin(mass.parent_P, torch.tensor(ABSORBED_ROOTS))
+    assert (mass.latent_P[at_P] == -1).all() and (mass.n_own_P[at_P] == 0).all()
+    assert torch.allclose(mass.share_P[at_P], torch.ones(int(at_P.sum())))
+    assert (mass.latent_P[~at_P] == mass.parent_P[~at_P]).all()
+    share = carried_share(truth, W_dec_MD, A_BM, G_BF)
+    child_P = truth.parent_F[share.latent_P[at_P]]
+    assert (child_P == share.parent_P[at_P]).all()  # matched to a child latent
+    assert (share.share_P[at_P] < 0.9).all()  # that child's parent component counted as own
+    m = hierarchy_absorption_metrics(truth, W_dec_MD, A_BM, G_BF)
+    assert m["unmatched_parent_fraction/depth0"] == pytest.approx(len(ABSORBED_ROOTS) / 3)
+
+
+def test_duplicate_parent_latents_are_own(truth, G_BF):
+    """Each root's latent split into two identical latents at half activation: the same reconstruction.
+    Every latent aligned with p is own, so the share is unchanged; the carried share saw one copy."""
+    W_dec_MD, A_BM = absorbing_sae(truth, G_BF, ABSORBED_ROOTS, alpha=0.5)
+    roots = [0, 1, 2]
+    W_dup_MD = torch.cat([W_dec_MD, W_dec_MD[roots]])
+    A_dup_BM = torch.cat([A_BM, A_BM[:, roots] / 2], dim=1)
+    A_dup_BM[:, roots] /= 2
+    plain, dup = parent_mass(truth, W_dec_MD, A_BM, G_BF), parent_mass(truth, W_dup_MD, A_dup_BM, G_BF)
+    assert torch.allclose(plain.share_P, dup.share_P, atol=1e-6)
+    assert torch.allclose(plain.absorbed_P, dup.absorbed_P, atol=1e-6)
+    at_P = torch.isin(dup.parent_P, torch.tensor(roots))
+    assert (dup.n_own_P[at_P] == 2).all() and (dup.n_own_P[~at_P] == 1).all()
+    old = carried_share(truth, W_dup_MD, A_dup_BM, G_BF)
+    unabsorbed_P = at_P & ~torch.isin(old.parent_P, torch.tensor(ABSORBED_ROOTS))
+    assert (old.share_P[unabsorbed_P] < 0.02).all()  # untouched root: own = g / 2, other = 0
+    absorbed_P = torch.isin(old.parent_P, torch.tensor(ABSORBED_ROOTS))
+    plain_old = carried_share(truth, W_dec_MD, A_BM, G_BF)
+    assert (old.share_P[absorbed_P] > plain_old.share_P[absorbed_P] + 0.05).all()  # half of own invisible
+
+
+def test_own_latents_need_the_minimum_cosine(truth, G_BF):
+    """Root 2's latent rotated to cos 0.45 with v_2 (still its nearest latent, still nearest to v_2)."""
+    W_dec_MD, A_BM = truth.V_FD.clone(), G_BF.clone()
+    v = truth.V_FD[2]
+    u = torch.randn(v.shape[0], generator=torch.Generator().manual_seed(5))
+    u = u - (u @ v) * v  # orthogonal to v_2
+    u = u / u.norm()
+    others_F = torch.arange(truth.V_FD.shape[0]) != 2
+    assert (truth.V_FD[others_F] @ v).max() < 0.45  # the rotated latent stays v_2's nearest latent
+    for c, expect_own in ((0.45, False), (0.55, True)):
+        W_dec_MD[2] = c * v + (1 - c**2) ** 0.5 * u
+        mass = parent_mass(truth, W_dec_MD, A_BM, G_BF)
+        cos = float(torch.nn.functional.cosine_similarity(W_dec_MD[2:3], truth.V_FD[2:3]))
+        assert cos == pytest.approx(c, abs=1e-5)
+        at = mass.parent_P == 2
+        assert int((truth.V_FD @ W_dec_MD[2]).argmax()) == 2  # still nearest to v_2: only the cosine decides
+        assert (mass.latent_P[at] >= 0).item() is expect_own
+        # Own latents count with their whole code (the true activation here), whatever their cosine.
+        assert mass.share_P[at].item() == pytest.approx(0.0 if expect_own else 1.0, abs=1e-5)
 
 
 def test_lost_below_treats_a_faint_carry_as_lost(truth, G_BF):
