@@ -4,12 +4,18 @@ sae-bench's own ``run_eval`` trains the ground-truth probe on the full vocabular
 and keeps its artifacts inside its package folder.  This adapter calls the same lower-level sae-bench
 functions (probe training, k-sparse probing, the absorption calculator, the per-letter aggregation)
 with: a seeded word sample, a forward that stops after the SAE's layer, and the probe plus its LLM
-activations computed once per (model, layer, word sample) under ``run_dir/eval_artifacts`` and
+activations computed once per (model, hook, word sample) under ``run_dir/eval_artifacts`` and
 reused by every SAE of the run.  Metric definitions are sae-bench's.
+
+The ground-truth probe and the prompt activations are read at the SAE's own hook (``hook_name`` of
+its folder), so the SAE always encodes the activations it was trained on; sae-bench's calculator
+names them ``blocks.{layer}.hook_resid_post`` whatever they are, and is served the SAE's hook.
+Letters sae-bench leaves out (a weak probe, or no word scored) get ``skipped`` rows with the reason.
 """
 from __future__ import annotations
 
 import json
+import math
 import random
 import statistics
 from collections import Counter
@@ -20,6 +26,7 @@ import numpy as np
 import torch
 
 from eval.absorption_metrics import LETTER_METRICS, LETTERS, SUMMARY_METRICS
+from eval.results import Skipped
 from eval.runtime import file_lock, private_sae_bench_rng, stop_after_layer
 from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
 from fc_base.errors import check
@@ -32,6 +39,7 @@ SEPARATOR = "\n"
 F1_JUMP_THRESHOLD = 0.03  # sae-bench default: a k-sparse F1 gain this large counts as a feature split
 L1_DECAY = 0.01  # sae-bench default for the k-sparse probes
 MAX_ICL_EXAMPLES = 10  # sae-bench's in-context examples per prompt
+RESID_POST = "hook_resid_post"
 
 
 @dataclass
@@ -84,11 +92,13 @@ class ProbeArtifacts:
     probe_f1_by_letter: dict[str, float]
     layer: int
     token_pos: int
+    hook: str = ""
+    """The TransformerLens hook the probe and the prompt activations read (``blocks.{layer}.<kind>``)."""
 
 
 class AbsorptionResult(dict):
-    """Summary metrics (sae-bench names) plus per-letter metrics ``letter/<x>/<metric>``;
-    ``prompt_forwards`` counts the prompts this SAE had to run through the model (0 when shared);
+    """Summary metrics (sae-bench names) plus per-letter metrics ``letter/<x>/<metric>`` (a
+    :class:`~eval.results.Skipped` with the reason where sae-bench leaves a letter out); ``prompt_forwards`` counts the prompts this SAE had to run through the model (0 when shared);
     ``main_latents`` and ``absorbing_latents`` are the latents the calculator named (any probe seed)."""
 
     prompt_forwards: int = 0
@@ -96,9 +106,21 @@ class AbsorptionResult(dict):
     absorbing_latents: list[int] = []
 
 
-def artifacts_key(model_name: str, layer: int, opts: AbsorptionOptions, llm_dtype: str) -> str:
+def layer_hook(layer: int, hook: str | None = None) -> str:
+    """``hook`` (default ``blocks.{layer}.hook_resid_post``), checked to be a hook of decoder block ``layer``."""
+    hook = hook or f"blocks.{layer}.{RESID_POST}"
+    parts = hook.split(".")
+    if len(parts) != 3 or parts[0] != "blocks" or parts[1] != str(layer) or not parts[2].startswith("hook_"):
+        raise ValueError(f"absorption reads a hook of decoder block {layer} (blocks.{layer}.hook_...), got {hook!r}")
+    return hook
+
+
+def artifacts_key(model_name: str, layer: int, opts: AbsorptionOptions, llm_dtype: str, hook: str | None = None) -> str:
+    """The folder name of the shared probe artifacts; the hook kind is named when it is not resid_post."""
     sample = "all" if opts.word_sample is None else str(opts.word_sample)
-    return (f"{model_name.replace('/', '--')}_layer{layer}_words{sample}_seed{opts.word_sample_seed}_{llm_dtype}"
+    kind = layer_hook(layer, hook).split(".")[2]
+    where = f"layer{layer}" + ("" if kind == RESID_POST else f"_{kind}")
+    return (f"{model_name.replace('/', '--')}_{where}_words{sample}_seed{opts.word_sample_seed}_{llm_dtype}"
             f"_bs{opts.probe_llm_batch_size}")
 
 
@@ -145,12 +167,15 @@ def _probe_f1(model, layer: int, probes_dir: Path) -> dict[str, float]:
             for i, letter in enumerate(LETTERS)}
 
 
-def ensure_probe(model, layer: int, artifacts_dir: Path, opts: AbsorptionOptions, common) -> ProbeArtifacts:
-    """Train (once per run) sae-bench's 26-way first-letter probe on a word sample at ``layer``."""
+def ensure_probe(model, layer: int, artifacts_dir: Path, opts: AbsorptionOptions, common,
+                 hook: str | None = None) -> ProbeArtifacts:
+    """Train (once per run) sae-bench's 26-way first-letter probe on a word sample at ``hook``
+    (default ``blocks.{layer}.hook_resid_post``)."""
     from sae_bench.evals.absorption.common import create_and_train_probe
     from sae_bench.evals.absorption.prompting import first_letter_formatter
 
-    root = Path(artifacts_dir) / "absorption" / artifacts_key(model.cfg.model_name, layer, opts, common.llm_dtype)
+    hook = layer_hook(layer, hook)
+    root = Path(artifacts_dir) / "absorption" / artifacts_key(model.cfg.model_name, layer, opts, common.llm_dtype, hook)
     probes_dir = root / "probes"
     probe_file = probes_dir / model.cfg.model_name / f"layer_{layer}" / "probe.pth"
     token_pos = word_token_pos(model.tokenizer)
@@ -161,7 +186,7 @@ def ensure_probe(model, layer: int, artifacts_dir: Path, opts: AbsorptionOptions
             words = sample_words(model.tokenizer, opts.word_sample, opts.word_sample_seed)
             with private_sae_bench_rng(opts.word_sample_seed), stop_after_layer(model, layer):
                 create_and_train_probe(
-                    model=model, formatter=first_letter_formatter(), hook_point=f"blocks.{layer}.hook_resid_post",
+                    model=model, formatter=first_letter_formatter(), hook_point=hook,
                     probes_dir=probes_dir, vocab=words, batch_size=opts.probe_llm_batch_size, num_epochs=50,
                     lr=1e-2, device=torch.device("cpu"), base_template=TEMPLATE, pos_idx=token_pos)
             f1_by_letter = _probe_f1(model, layer, probes_dir)
@@ -170,7 +195,7 @@ def ensure_probe(model, layer: int, artifacts_dir: Path, opts: AbsorptionOptions
         words = json.loads(words_file.read_text())
         f1_by_letter = json.loads(f1_file.read_text())
     return ProbeArtifacts(root=root, probes_dir=probes_dir, words=words, probe_f1_by_letter=f1_by_letter,
-                          layer=layer, token_pos=token_pos)
+                          layer=layer, token_pos=token_pos, hook=hook)
 
 
 def check_letters(probe: ProbeArtifacts, opts: AbsorptionOptions, model_name: str) -> list[str]:
@@ -187,22 +212,27 @@ def check_letters(probe: ProbeArtifacts, opts: AbsorptionOptions, model_name: st
 
 
 class SharedPromptActivations:
-    """Residual activations at the word position of absorption prompts, computed once per run.
+    """Activations at ``hook`` (the SAE's; default ``blocks.{layer}.hook_resid_post``) at the word
+    position of absorption prompts, computed once per run.
 
     The absorption calculator builds the same prompts for every SAE (same words, seeded in-context
     examples), so the model forward is shared: missing prompts are run (stopping after ``layer``),
     known ones are served from ``path``.  Fresh prompts, as in sae-bench: reusing the probe's own
     test activations would bias the counts, since those are the activations the probe fired on.
     Served batches have shape (B, -token_pos, d) holding each prompt's activation at ``token_pos``,
-    the only position the calculator reads."""
+    the only position the calculator reads, under the name it asks for: sae-bench's calculator asks
+    for ``blocks.{layer}.hook_resid_post`` whatever hook the SAE reads, and gets the SAE's hook."""
 
-    def __init__(self, model, layer: int, token_pos: int, path: Path):
+    def __init__(self, model, layer: int, token_pos: int, path: Path, hook: str | None = None):
         self.model, self.layer, self.token_pos, self.path = model, layer, token_pos, path
-        self.hook = f"blocks.{layer}.hook_resid_post"
+        self.hook = layer_hook(layer, hook)
         self.acts: dict[str, torch.Tensor] = torch.load(path) if path.is_file() else {}
         self.added = 0
 
     def run_with_cache(self, prompts: list[str], names_filter=None):
+        requested = [names_filter] if isinstance(names_filter, str) else list(names_filter or [self.hook])
+        if any(name.split(".")[:2] != ["blocks", str(self.layer)] for name in requested):
+            raise ValueError(f"prompt activations of decoder block {self.layer} asked for {requested}")
         missing = [p for p in dict.fromkeys(prompts) if p not in self.acts]
         if missing:
             with stop_after_layer(self.model, self.layer):
@@ -213,7 +243,7 @@ class SharedPromptActivations:
         acts_BD = torch.stack([self.acts[p] for p in prompts])
         out_BPD = acts_BD.new_zeros(len(prompts), -self.token_pos, acts_BD.shape[-1])
         out_BPD[:, self.token_pos] = acts_BD
-        return None, {self.hook: out_BPD}
+        return None, dict.fromkeys(requested, out_BPD)
 
     def to_tokens(self, *args, **kwargs):
         return self.model.to_tokens(*args, **kwargs)
@@ -233,15 +263,18 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: Absor
     every seed and every SAE).
 
     Returns the metrics (with ``<metric>_eval_std`` across probe seeds) and the per-letter table
-    (one dict per letter, values averaged over probe seeds)."""
+    (one dict per letter, values averaged over probe seeds). A letter sae-bench leaves out has
+    :class:`~eval.results.Skipped` metrics naming why (and ``skip_reason`` in its table row)."""
     passing = set(check_letters(probe, opts, model.cfg.model_name))
+    seeds = list(probe_seeds if probe_seeds is not None else range(opts.probe_seeds))
     per_seed = [_absorption_one_probe_seed(model, sae, sae_name, probe, opts, llm_batch_size, seed)
-                for seed in (probe_seeds if probe_seeds is not None else range(opts.probe_seeds))]
+                for seed in seeds]
     letters = []
     for i, letter in enumerate(LETTERS):
         rows = [letters_s[i] for letters_s, _, _ in per_seed]
         included = all(r["included"] for r in rows)
-        merged = {"letter": letter, "probe_f1": rows[0]["probe_f1"], "included": included}
+        merged = {"letter": letter, "probe_f1": rows[0]["probe_f1"], "included": included,
+                  "skip_reason": "" if included else _letter_skip_reason(letter, rows, seeds, opts)}
         for key in LETTER_METRICS + ("num_probe_true_positives",):
             merged[key] = float(np.mean([r[key] for r in rows])) if included else float("nan")
         letters.append(merged)
@@ -253,7 +286,9 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: Absor
     for name in SUMMARY_METRICS:
         values = [s[name] for s in summaries]
         result[name] = float(np.mean(values))
-        result[f"{name}_eval_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+        result[f"{name}_eval_std"] = (float(np.std(values, ddof=1)) if len(values) > 1 else
+                                      Skipped("one k-sparse-probe seed: the eval's own spread needs two "
+                                              "(eval.options.absorption.probe_seeds)"))
     for name, key in zip(("std_dev_absorption_fraction_score", "std_dev_full_absorption_score",
                           "std_dev_num_split_features"), LETTER_METRICS):
         result[name] = statistics.stdev([r[key] for r in used])  # spread over letters, as sae-bench
@@ -261,12 +296,24 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: Absor
     result["n_words"] = len(probe.words)
     result["n_probe_seeds"] = len(per_seed)
     for r in letters:
-        for key in LETTER_METRICS + ("probe_f1",):
-            result[f"letter/{r['letter']}/{key}"] = r[key]
+        for key in LETTER_METRICS:
+            result[f"letter/{r['letter']}/{key}"] = r[key] if r["included"] else Skipped(r["skip_reason"])
+        result[f"letter/{r['letter']}/probe_f1"] = r["probe_f1"]
     result.prompt_forwards = sum(forwards for _, forwards, _ in per_seed)
     result.main_latents = sorted(set().union(*(ids[0] for _, _, ids in per_seed)))
     result.absorbing_latents = sorted(set().union(*(ids[1] for _, _, ids in per_seed)) - set(result.main_latents))
     return result, letters
+
+
+def _letter_skip_reason(letter: str, rows: list[dict], seeds: list[int], opts: AbsorptionOptions) -> str:
+    """Why sae-bench leaves ``letter`` out of this SAE's absorption means."""
+    f1 = rows[0]["probe_f1"]
+    if not f1 > opts.min_probe_f1:
+        return (f"first letter {letter!r}: ground-truth probe F1 {f1:.3f} is not above "
+                f"eval.options.absorption.min_probe_f1={opts.min_probe_f1}; sae-bench leaves the letter out")
+    missing = [str(seed) for seed, r in zip(seeds, rows) if not r["included"]]
+    return (f"first letter {letter!r}: sae-bench's absorption calculator scored no test word of this letter "
+            f"(k-sparse-probe seed {', '.join(missing)}); sae-bench leaves the letter out")
 
 
 def _summary(used: list[dict]) -> dict[str, float]:
@@ -323,7 +370,8 @@ def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts,
     # odd tokens break its equal-length prompts); seeded so every SAE and probe seed sees the same
     # prompts and the prompt activations are shared.
     with private_sae_bench_rng(opts.word_sample_seed + 1), file_lock(probe.root / ".prompts.lock"):
-        prompt_model = SharedPromptActivations(model, layer, probe.token_pos, probe.root / "prompt_acts.pt")
+        prompt_model = SharedPromptActivations(model, layer, probe.token_pos, probe.root / "prompt_acts.pt",
+                                               hook=probe.hook or None)
         calculator = absorption_calculator(prompt_model, probe, llm_batch_size)
         raw_df = fa.calculate_projection_and_cos_sims(
             calculator, sae, load_probe(model_name=model.cfg.model_name, layer=layer, probes_dir=probe.probes_dir,
@@ -360,7 +408,8 @@ def _identified_latents(raw_df) -> tuple[set[int], set[int]]:
 
 
 def run(inputs: EvalInputs, opts: AbsorptionOptions) -> EvalOutput:
-    probe = ensure_probe(inputs.model, inputs.meta.layer, inputs.artifacts_dir, opts, inputs.common)
+    probe = ensure_probe(inputs.model, inputs.meta.layer, inputs.artifacts_dir, opts, inputs.common,
+                         hook=inputs.meta.hook_name or None)
     metrics, letters = run_absorption(inputs.model, inputs.sae, inputs.meta.name, probe, opts,
                                       inputs.common.llm_batch_size)
     out = dict(metrics)
@@ -387,7 +436,12 @@ def tracker_detection(sae_folder: Path | None, d_sae: int, main: list[int], abso
     for name, ids in (("absorbing", absorbing), ("main", main)):
         mask_M = np.zeros(d_sae, dtype=bool)
         mask_M[list(ids)] = True
-        out.update(detection_aucs(history, mask_M, prefix=f"detect_auc_{name}_"))
+        aucs = detection_aucs(history, mask_M, prefix=f"detect_auc_{name}_")
+        if not mask_M.any() or mask_M.all():
+            why = Skipped(f"sae-bench's absorption calculator named {'no' if not mask_M.any() else 'every'} "
+                          f"{name} latent: a detection AUC needs latents on both sides")
+            aucs = {metric: why if math.isnan(value) else value for metric, value in aucs.items()}
+        out.update(aucs)
     return out
 
 

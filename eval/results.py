@@ -6,11 +6,13 @@ writer leaves the previous table intact and a re-run replaces only its own rows.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 import pandas as pd
 
@@ -25,6 +27,28 @@ COLUMNS = ("run", "sae", "trainer", "seed", "model", "layer", "hook", "d_sae", "
 STATUSES = ("ok", "failed", "skipped")
 # Per-letter and other detail metrics carry a "/" in their name; the summary table leaves them out.
 DETAIL_SEPARATOR = "/"
+RECORDED_PACKAGES = ("sae-bench", "sae-lens", "torch", "transformers")
+"""Packages whose versions every row's ``eval_config`` records (under ``packages``)."""
+NAN_REASON = "the eval gave no value for this metric (NaN)"
+
+
+class Skipped(NamedTuple):
+    """An eval's value for a metric it could not compute, with the reason: the metric's row gets
+    status ``skipped`` and the reason in ``error`` (a NaN value never passes as ``ok``)."""
+
+    reason: str
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    """Installed versions of :data:`RECORDED_PACKAGES` (``not installed`` where one is missing)."""
+    out = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 class ResultsError(ValueError):
@@ -35,30 +59,47 @@ def task_path(run_dir: Path, sae: str, eval_name: str) -> Path:
     return Path(run_dir) / "eval" / sae / f"{eval_name}.json"
 
 
-def make_rows(run_dir: Path, meta: "SAEMeta", eval_name: str, metrics: dict[str, float], *,
+def make_rows(run_dir: Path, meta: "SAEMeta", eval_name: str, metrics: dict[str, Any], *,
               status: str = "ok", error: str = "", eval_config: dict[str, Any] | None = None
               ) -> list[dict[str, Any]]:
-    """Rows of the long table for one task: one per metric, or a single row for failed/skipped."""
+    """Rows of the long table for one task: one per metric, or a single row (metric '') for a
+    failed or skipped task.
+
+    In a finished task a metric whose value is :class:`Skipped`, NaN or not a number becomes a
+    ``skipped`` row with the reason in ``error``. ``eval_config`` gains the installed versions of
+    :data:`RECORDED_PACKAGES` under ``packages`` unless it already names them."""
     if status not in STATUSES:
         raise ResultsError(f"status must be one of {STATUSES}, got {status!r}")
+    config = dict(eval_config or {})
+    config.setdefault("packages", package_versions())
     base = {
         "run": Path(run_dir).resolve().name, "sae": meta.name, "trainer": meta.trainer, "seed": meta.seed,
         "model": meta.model_name, "layer": meta.layer, "hook": meta.hook_name, "d_sae": meta.d_sae,
         "k": meta.k, "l0_target": meta.l0_target, "train_tokens": meta.train_tokens, "eval": eval_name,
         "status": status, "error": error,
-        "eval_config": json.dumps(eval_config or {}, sort_keys=True, default=str),
+        "eval_config": json.dumps(config, sort_keys=True, default=str),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if status != "ok":
         return [{**base, "metric": "", "value": math.nan}]
-    return [{**base, "metric": name, "value": _as_float(value)} for name, value in metrics.items()]
+    rows = []
+    for name, value in metrics.items():
+        number, reason = _value_or_reason(value)
+        if reason:
+            rows.append({**base, "metric": name, "value": math.nan, "status": "skipped", "error": reason})
+        else:
+            rows.append({**base, "metric": name, "value": number})
+    return rows
 
 
-def _as_float(value: Any) -> float:
+def _value_or_reason(value: Any) -> tuple[float, str]:
+    if isinstance(value, Skipped):
+        return math.nan, value.reason or NAN_REASON
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        return math.nan
+        return math.nan, f"the eval gave a value that is not a number: {str(value)[:80]!r}"
+    return (number, "") if not math.isnan(number) else (math.nan, NAN_REASON)
 
 
 def write_task(path: Path, rows: list[dict[str, Any]], details: dict[str, Any] | None = None) -> Path:
@@ -157,8 +198,14 @@ def pivot(df: pd.DataFrame, *, detail: bool = False) -> pd.DataFrame:
 
 
 def problems(df: pd.DataFrame) -> pd.DataFrame:
-    """Failed and skipped tasks with their reasons."""
-    return df[df["status"] != "ok"][["sae", "eval", "status", "error"]].reset_index(drop=True)
+    """Failed and skipped tasks (whole (sae, eval) pairs) with their reasons."""
+    return df[(df["status"] != "ok") & (df["metric"] == "")][["sae", "eval", "status", "error"]].reset_index(drop=True)
+
+
+def skipped_metrics(df: pd.DataFrame) -> pd.DataFrame:
+    """Single metrics of finished tasks that have no value (status ``skipped``), with their reasons."""
+    rows = df[(df["status"] != "ok") & (df["metric"] != "")]
+    return rows[["sae", "eval", "metric", "status", "error"]].reset_index(drop=True)
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -192,6 +239,12 @@ def format_table(df: pd.DataFrame) -> str:
         lines.append("")
         lines.append("not evaluated:")
         lines.extend(f"  {r.sae} / {r.eval}: {r.status}: {r.error}" for r in bad.itertuples())
+    missing = skipped_metrics(df)
+    if not missing.empty:
+        lines.append("")
+        lines.append("metrics without a value (skipped):")
+        for (eval_name, error), grp in missing.groupby(["eval", "error"], sort=True):
+            lines.append(f"  {eval_name}: {len(grp)} rows over {grp['sae'].nunique()} SAEs: {error}")
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@ an atomic merge into ``run_dir/results.parquet``.
 
 A failing eval becomes a ``failed`` row with its error and the other tasks still land; an eval that
 needs the network where there is none becomes a ``skipped`` row with the reason.  A task whose JSON
-is newer than its SAE and was made with the same settings is not re-run (``force`` re-runs it).
+is newer than its SAE and was made with the same settings and package versions is not re-run
+(``force`` re-runs it).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from eval.config import LEGACY_FIELDS
-from eval.results import aggregate_tasks, make_rows, read_task, task_path, write_task
+from eval.results import aggregate_tasks, make_rows, package_versions, read_task, task_path, write_task
 from eval.spec import EvalInputs, EvalSpec, get_eval
 from fc_base.errors import ConfigError
 from fc_base.sae_folder import META_FILE, SAES_DIR, SAEMeta, list_sae_folders
@@ -38,9 +39,11 @@ ARTIFACTS_DIR = "eval_artifacts"
 
 
 def eval_settings(cfg: RunConfig, eval_name: str) -> dict[str, Any]:
-    """The settings that determine an eval's result (stored in the ``eval_config`` column)."""
+    """The settings that determine an eval's result (stored in the ``eval_config`` column), with the
+    versions of the packages that compute it (``packages``: sae-bench, sae-lens, torch, transformers)."""
     spec = get_eval(eval_name)
     settings = {name: getattr(cfg.eval, name) for name in spec.common_settings}
+    settings["packages"] = package_versions()
     if spec.options is not None:
         settings.update(dataclasses.asdict(cfg.eval.option(spec.options)))
     if spec.text_docs is not None:
@@ -58,7 +61,7 @@ def _is_current(path: Path, sae_folder: Path, settings: dict[str, Any]) -> bool:
     if not path.is_file() or path.stat().st_mtime < (sae_folder / META_FILE).stat().st_mtime:
         return False
     rows = read_task(path)["rows"]
-    if not rows or rows[0]["status"] != "ok":
+    if not rows or any(r["metric"] == "" for r in rows):  # a failed or skipped task is tried again
         return False
     # Task files of earlier versions name the options by their old flat config fields.
     stored = {LEGACY_FIELDS.get(k, (None, k))[1]: v for k, v in json.loads(rows[0]["eval_config"]).items()}

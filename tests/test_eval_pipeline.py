@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from eval.results import COLUMNS, load, print_table
+from eval.results import COLUMNS, load, print_table, problems
 from tests.eval_helpers import EVALS, SAE_SPECS, evaluated_run, tiny_config
 
 ABSORPTION_METRICS = {"mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features"}
@@ -30,8 +30,9 @@ def test_table_has_the_contract_columns_and_one_task_file_per_sae_and_eval(run_d
 
 
 def test_absorption_rows_use_sae_bench_metric_names_and_keep_every_letter(table):
-    ok = table[(table["eval"] == "absorption")]
-    assert (ok["status"] == "ok").all(), ok[["sae", "error"]].drop_duplicates()
+    absorption = table[(table["eval"] == "absorption")]
+    ok = absorption[absorption["status"] == "ok"]
+    assert ok["value"].notna().all()
     for name, *_ in SAE_SPECS:
         rows = ok[ok["sae"] == name].set_index("metric")["value"]
         assert ABSORPTION_METRICS <= set(rows.index)
@@ -41,6 +42,14 @@ def test_absorption_rows_use_sae_bench_metric_names_and_keep_every_letter(table)
         assert rows["n_letters_evaluated"] >= 20  # sae-bench's rule passed on the tiny model
         letters = [m for m in rows.index if m.startswith("letter/") and m.endswith("/probe_f1")]
         assert len(letters) == 26
+        # letters sae-bench left out: every per-letter metric skipped with the reason, none ok
+        skipped = absorption[(absorption["sae"] == name) & (absorption["status"] != "ok")]
+        assert (skipped["status"] == "skipped").all() and skipped["metric"].str.startswith("letter/").all()
+        left_out = set(skipped["metric"].str.split("/").str[1])
+        assert len(skipped) == 3 * len(left_out) and len(left_out) + rows["n_letters_evaluated"] == 26
+        assert skipped["error"].str.match(r"first letter '[a-z]': .*sae-bench leaves the letter out").all()
+        for letter in left_out:
+            assert not any(m.startswith(f"letter/{letter}/") and not m.endswith("/probe_f1") for m in rows.index)
         # averaged over the configured k-sparse-probe seeds, their spread kept as the eval's own noise
         assert rows["n_probe_seeds"] == tiny_config().eval.options["absorption"]["probe_seeds"] == 2
         for metric in ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean_num_split_features"):
@@ -179,7 +188,28 @@ def test_rows_carry_the_sae_metadata(table):
     assert set(fc["trainer"]) == {"fc_topk"} and set(fc["seed"]) == {0}
     assert set(fc["d_sae"]) == {128} and set(fc["k"]) == {8} and set(fc["layer"]) == {tiny_config().model.layer}
     assert set(fc["run"]) == {"run"}
-    json.loads(fc["eval_config"].iloc[0])
+    import importlib.metadata as md
+
+    versions = {name: md.version(name) for name in ("sae-bench", "sae-lens", "torch", "transformers")}
+    assert all(json.loads(c)["packages"] == versions for c in table["eval_config"])
+
+
+def test_a_task_file_that_does_not_name_its_package_versions_is_not_current(run_dir):
+    from fc_base.sae_folder import SAES_DIR
+    from pipeline.evaluate import _is_current, eval_settings
+
+    path = run_dir / "eval" / "topk_s0" / "core.json"
+    payload = json.loads(path.read_text())
+    settings = eval_settings(tiny_config(), "core")
+    assert _is_current(path, run_dir / SAES_DIR / "topk_s0", settings)
+    old = {**payload, "rows": [{**r, "eval_config": json.dumps({k: v for k, v in json.loads(r["eval_config"]).items()
+                                                                 if k != "packages"})} for r in payload["rows"]]}
+    stale = run_dir / "eval" / "topk_s0" / "core_without_versions.json"
+    stale.write_text(json.dumps(old))
+    try:
+        assert not _is_current(stale, run_dir / SAES_DIR / "topk_s0", settings)
+    finally:
+        stale.unlink()
 
 
 def test_rerun_skips_finished_tasks(run_dir):
@@ -202,7 +232,7 @@ def test_forced_failure_leaves_other_rows_and_a_failed_row(run_dir, tmp_path):
     assert len(failed) == 1 and failed["status"].iloc[0] == "failed"
     assert "no_such_dataset" in failed["error"].iloc[0]
     others = table[(table["sae"] != "topk_s1") | (table["eval"] != "sparse_probing_sae_probes")]
-    assert (others[others["eval"] != "scr"]["status"] == "ok").all()
+    assert set(problems(others)["eval"]) == {"scr"}  # no other task failed or was skipped
     assert set(others[others["sae"] == "topk_s1"]["eval"]) == {"absorption", "core", "scr"}
     # Restore the good rows for the tests that follow.
     run_eval_task(tiny_config(), run_dir, "topk_s1", "sparse_probing_sae_probes", force=True)

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from eval.config import EvalConfig, EvalConfigError
-from eval.results import (COLUMNS, RESULTS_FILE, ResultsError, aggregate_tasks, format_table, load, make_rows,
-                          pivot, rows_frame, task_path, write_table, write_task)
+from eval.results import (COLUMNS, NAN_REASON, RECORDED_PACKAGES, RESULTS_FILE, ResultsError, Skipped,
+                          aggregate_tasks, format_table, load, make_rows, package_versions, pivot, problems,
+                          rows_frame, skipped_metrics, task_path, write_table, write_task)
 from eval.sae import SAEMeta
 
 
@@ -101,6 +102,52 @@ def test_pivot_and_text_table_give_mean_and_spread_over_seeds(tmp_path):
     text = format_table(df)
     assert "2 ± 1.414 (n=2)" in text and "0.5 (n=1)" in text
     assert "fc_topk_s1 / core: failed: RuntimeError: boom" in text
+
+
+def test_a_metric_without_a_value_is_a_skipped_row_with_its_reason_never_ok(tmp_path):
+    run = tmp_path / "r"
+    _task(run, "topk", 0, "absorption", {
+        "mean_absorption_fraction_score": 0.3, "letter/a/absorption_fraction": 0.2,
+        "letter/v/absorption_fraction": Skipped("first letter 'v': probe F1 0.41 is not above 0.6"),
+        "detect_auc_main_frequency": float("nan"), "odd": "text"})
+    _task(run, "topk", 1, "absorption", {"mean_absorption_fraction_score": 0.5,
+                                         "letter/v/absorption_fraction": Skipped("first letter 'v': no word")})
+    _task(run, "fc_topk", 0, "scr", {}, status="skipped", error="needs the Hub")
+    df = load(aggregate_tasks(run).parent)
+    ok = df[df["status"] == "ok"]
+    assert ok["value"].notna().all() and len(ok) == 3
+    rows = df[df["sae"] == "topk_s0"].set_index("metric")
+    assert rows.loc["letter/v/absorption_fraction", "status"] == "skipped"
+    assert rows.loc["letter/v/absorption_fraction", "error"] == "first letter 'v': probe F1 0.41 is not above 0.6"
+    assert rows.loc["detect_auc_main_frequency", "error"] == NAN_REASON
+    assert rows.loc["odd", "status"] == "skipped" and "not a number: 'text'" in rows.loc["odd", "error"]
+    assert rows["value"].drop(["mean_absorption_fraction_score", "letter/a/absorption_fraction"]).isna().all()
+    # whole tasks that did not run are the problems; single metrics without a value are listed apart
+    assert problems(df)[["sae", "eval", "status"]].values.tolist() == [["fc_topk_s0", "scr", "skipped"]]
+    assert len(skipped_metrics(df)) == 4
+    assert pivot(df)[("absorption:mean_absorption_fraction_score", "mean")]["topk"] == pytest.approx(0.4)
+    text = format_table(df)
+    assert "fc_topk_s0 / scr: skipped: needs the Hub" in text
+    assert "absorption: 1 rows over 1 SAEs: first letter 'v': no word" in text
+    assert f"absorption: 1 rows over 1 SAEs: {NAN_REASON}" in text
+    assert "letter/" not in text
+
+
+def test_every_row_records_the_package_versions(tmp_path):
+    import importlib.metadata as md
+    import json
+
+    run = tmp_path / "r"
+    _task(run, "topk", 0, "core", {"mse": 1.0}, eval_config={"llm_dtype": "float32"})
+    _task(run, "topk", 1, "core", {}, status="failed", error="RuntimeError: boom")
+    _task(run, "topk", 2, "core", {"mse": Skipped("why")})
+    df = load(aggregate_tasks(run).parent)
+    assert RECORDED_PACKAGES == ("sae-bench", "sae-lens", "torch", "transformers")
+    installed = {name: md.version(name) for name in RECORDED_PACKAGES}
+    assert package_versions() == installed
+    for config in df["eval_config"]:
+        assert json.loads(config)["packages"] == installed
+    assert json.loads(df[df["seed"] == 0]["eval_config"].iloc[0])["llm_dtype"] == "float32"
 
 
 def test_missing_table_and_bad_rows_raise_clear_errors(tmp_path):
