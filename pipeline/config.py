@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -22,6 +23,28 @@ from trainers.config import SweepPoint, TrainConfig
 
 SYNTHETIC_HOOK = "synthetic"
 """The hook name recorded for activations of a synthetic model (there are no layers)."""
+HOOK_RESID_POST, HOOK_MLP_OUT, HOOK_ATTN_OUT = "hook_resid_post", "hook_mlp_out", "hook_attn_out"
+HOOK_KINDS = (HOOK_RESID_POST, HOOK_MLP_OUT, HOOK_ATTN_OUT)
+"""The TransformerLens hooks of a decoder layer that can be harvested (``blocks.{layer}.<kind>``)."""
+_HOOK_NAME = re.compile(r"blocks\.(\d+)\.(hook_\w+)")
+
+
+def parse_hook(hook: str) -> tuple[int, str]:
+    """``blocks.{layer}.<kind>`` -> (layer, kind); ConfigError for any other name."""
+    match = _HOOK_NAME.fullmatch(hook)
+    if match is None or match.group(2) not in HOOK_KINDS:
+        raise ConfigError(f"model.hook must be blocks.<layer>.<kind> with kind one of {', '.join(HOOK_KINDS)}, "
+                          f"got {hook!r}")
+    return int(match.group(1)), match.group(2)
+
+
+def hook_for_layer(hook: str, layer: int) -> str:
+    """``hook`` moved to ``layer``, keeping its kind; an empty hook stays empty (the default) and a
+    name outside the grammar is returned unchanged (validation names it)."""
+    match = _HOOK_NAME.fullmatch(hook)
+    if match is None:
+        return hook
+    return f"blocks.{layer}.{match.group(2)}"
 
 
 @dataclass
@@ -37,9 +60,12 @@ class ModelConfig:
     Hub otherwise) or ``tiny-random`` (a random tiny GPT-NeoX built locally and registered under
     ``name``; for tests only)."""
     layer: int = 6
-    """Residual-stream layer whose output (``blocks.{layer}.hook_resid_post``) is harvested."""
+    """Decoder layer whose activations are harvested (its output by default)."""
     hook: str = ""
-    """TransformerLens hook name; empty means ``blocks.{layer}.hook_resid_post``."""
+    """TransformerLens hook name at ``layer``: ``blocks.{layer}.hook_resid_post`` (the layer's output;
+    the default when empty), ``blocks.{layer}.hook_mlp_out`` (what its MLP adds to the residual stream)
+    or ``blocks.{layer}.hook_attn_out`` (what its attention adds). Setting only ``layer`` moves the hook
+    to that layer and keeps its kind."""
     dtype: str = "bfloat16"
     """Forward-pass dtype of the language model: float32, bfloat16 or float16."""
     device: str = "auto"
@@ -61,7 +87,14 @@ class ModelConfig:
             _check(self.source == "auto", f"model.source must be auto for a synthetic model, got {self.source!r}")
             synthetic_config(self.name, self.synthetic_config or None)  # unknown names, bad files: one error
         if not self.hook:
-            self.hook = SYNTHETIC_HOOK if self.is_synthetic else f"blocks.{self.layer}.hook_resid_post"
+            self.hook = SYNTHETIC_HOOK if self.is_synthetic else f"blocks.{self.layer}.{HOOK_RESID_POST}"
+        if self.is_synthetic:
+            _check(self.hook == SYNTHETIC_HOOK,
+                   f"model.hook of a synthetic model must be {SYNTHETIC_HOOK!r} (it has no layers), got {self.hook!r}")
+        else:
+            layer, _ = parse_hook(self.hook)
+            _check(layer == self.layer, f"model.hook {self.hook!r} is at layer {layer} but model.layer is "
+                                        f"{self.layer}; set both to the same layer")
 
     @property
     def is_synthetic(self) -> bool:
@@ -177,9 +210,16 @@ class RunConfig:
 
 
 def _rederive_hook(base: dict, model_over: dict) -> None:
-    # The default hook follows the layer: a new layer without an explicit hook re-derives it.
+    # The hook follows the layer: a new layer without an explicit hook moves the hook there (same kind).
     if isinstance(model_over, dict) and "layer" in model_over and "hook" not in model_over:
-        base["model"]["hook"] = ""
+        base["model"]["hook"] = _moved_hook(base["model"], model_over["layer"])
+
+
+def _moved_hook(model: dict, layer: Any) -> str:
+    hook = str(model.get("hook", ""))
+    if not isinstance(layer, int) or hook == SYNTHETIC_HOOK:
+        return ""  # ModelConfig validates the layer and derives the default
+    return hook_for_layer(hook, layer)
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -221,8 +261,6 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``section.field=value`` strings (value parsed as JSON, else kept as a string)."""
     data = cfg.to_dict()
     keys = {item.split("=", 1)[0] for item in overrides}
-    if "model.layer" in keys and "model.hook" not in keys:
-        data["model"]["hook"] = ""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")
@@ -240,6 +278,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if parts[-1] not in node:
             raise ConfigError(f"unknown config field {key}")
         node[parts[-1]] = value
+        if key == "model.layer" and "model.hook" not in keys:
+            data["model"]["hook"] = _moved_hook(data["model"], value)
     return RunConfig.from_dict(data)
 
 

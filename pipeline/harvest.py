@@ -1,4 +1,4 @@
-"""Harvest stage: stream the corpus through the model (stopped after the hooked layer) into the
+"""Harvest stage: stream the corpus through the model (stopped after the hooked module) into the
 sharded activation store ``run_dir/cache``.
 
 Rows are produced in *groups* of ``shuffle_buffer_shards`` shards. A group's windows are forwarded
@@ -24,7 +24,7 @@ from cache_tools.errors import StoreError
 from cache_tools.layout import LAYOUT_ATTR, MANIFEST_NAME, StoreSpec, read_group_attrs
 from cache_tools.manifest import Manifest
 from cache_tools.writer import IDENTITY_ATTR, StoreWriter
-from pipeline.config import RunConfig
+from pipeline.config import HOOK_RESID_POST, RunConfig
 from pipeline.harvest_dask import harvest_groups_dask
 from pipeline.harvest_groups import (GroupHarvester, HarvestError, HarvestPlan, make_plan,  # noqa: F401  (re-exported)
                                      open_group_harvester)
@@ -37,6 +37,10 @@ def content_identity(cfg: RunConfig) -> str:
     model = {k: v for k, v in asdict(cfg.model).items() if k not in ("device", "synthetic_config")}
     harvest = {k: v for k, v in asdict(cfg.harvest).items() if k != "n_workers"}
     content = {"model": model, "corpus": asdict(cfg.corpus), "harvest": harvest}
+    if not cfg.model.is_synthetic and not cfg.model.hook.endswith("." + HOOK_RESID_POST):
+        # Stores of attention/MLP hooks written before these were read from their own modules held
+        # the layer output under the hook's name; this marker keeps such a store from matching.
+        content["hook_read_from"] = "submodule output"
     if cfg.model.is_synthetic:  # the config file's content, not its path, defines the rows
         content["synthetic"] = _synthetic_hash(cfg)
     blob = json.dumps(content, sort_keys=True)
@@ -80,7 +84,7 @@ def _synthetic_store_attrs(cfg: RunConfig) -> dict:
     }
 
 
-def _store_attrs(cfg: RunConfig, plan: HarvestPlan, tokenizer) -> dict:
+def _store_attrs(cfg: RunConfig, plan: HarvestPlan, tokenizer, site) -> dict:
     from pipeline.models import model_provenance
 
     if cfg.model.is_synthetic:
@@ -90,6 +94,7 @@ def _store_attrs(cfg: RunConfig, plan: HarvestPlan, tokenizer) -> dict:
                   "provenance": model_provenance(cfg.model.name, source=cfg.model.source)},
         "layer": cfg.model.layer,
         "hook_name": cfg.model.hook,
+        "hook_module": f"output of decoder {site.describe()}",
         "context_length": cfg.corpus.context_length,
         "tokenizer": {"name": cfg.model.name, "class": type(tokenizer).__name__,
                       "bos_token_id": tokenizer.bos_token_id, "vocab_size": len(tokenizer)},
@@ -127,6 +132,7 @@ def prepare_harvest(cfg: RunConfig, run_dir: str | Path) -> PreparedHarvest:
     from pipeline.synthetic_harvest import synthetic_plan
 
     root = Path(run_dir) / CACHE_DIR
+    site = check_hook(cfg)
     if cfg.model.is_synthetic:
         tokenizer, plan = None, synthetic_plan(cfg)
     else:
@@ -135,7 +141,8 @@ def prepare_harvest(cfg: RunConfig, run_dir: str | Path) -> PreparedHarvest:
     spec = StoreSpec(n_rows=plan.n_rows, d_model=_d_model(cfg), shard_rows=cfg.harvest.shard_rows,
                      chunk_rows=cfg.harvest.chunk_rows, acts_dtype=cfg.harvest.store_dtype)
     try:
-        writer = StoreWriter.create_or_open(root, spec, _store_attrs(cfg, plan, tokenizer), content_identity(cfg))
+        writer = StoreWriter.create_or_open(root, spec, _store_attrs(cfg, plan, tokenizer, site),
+                                            content_identity(cfg))
     except StoreError as e:
         raise HarvestError(str(e)) from None
     writer.remove_leftovers()
@@ -151,6 +158,7 @@ def harvest(cfg: RunConfig, run_dir: str | Path, *, client=None, progress: bool 
     ``harvest.n_workers > 1`` starts a LocalCluster of that many worker processes.
     """
     root = Path(run_dir) / CACHE_DIR
+    check_hook(cfg)  # a hook the model does not have fails here, before anything is written
     if _existing_store_state(root, content_identity(cfg)):
         return root
     with _exclusive_harvest_lock(Path(run_dir)):
@@ -183,16 +191,34 @@ def _harvest_locked(cfg: RunConfig, run_dir: str | Path, root: Path, *, client, 
     return root
 
 
+def _model_config(cfg: RunConfig):
+    from transformers import AutoConfig
+
+    from pipeline.models import ensure_model
+    from pipeline.truncated_forward import text_config
+
+    snap = ensure_model(cfg.model.name, source=cfg.model.source)
+    return text_config(AutoConfig.from_pretrained(str(snap) if snap else cfg.model.name))
+
+
+def check_hook(cfg: RunConfig):
+    """The module ``cfg.model.hook`` is read from (a ``HookSite``; None for a synthetic model).
+
+    Raises HarvestError naming the hook when the model has no such layer or its family's attention
+    and MLP modules are unknown; the config already checked the name and that it is at model.layer."""
+    if cfg.model.is_synthetic:
+        return None
+    from pipeline.truncated_forward import hook_site
+
+    try:
+        return hook_site(_model_config(cfg), cfg.model.hook)
+    except ValueError as e:
+        raise HarvestError(f"{cfg.model.name}: {e}") from None
+
+
 def _d_model(cfg: RunConfig) -> int:
     if cfg.model.is_synthetic:
         from pipeline.synthetic_models import synthetic_d_model
 
         return synthetic_d_model(cfg.model.name, cfg.model.synthetic_config or None)
-    from transformers import AutoConfig
-
-    from pipeline.models import ensure_model
-
-    snap = ensure_model(cfg.model.name, source=cfg.model.source)
-    mcfg = AutoConfig.from_pretrained(str(snap) if snap else cfg.model.name)
-    text_cfg = mcfg.get_text_config() if hasattr(mcfg, "get_text_config") else mcfg
-    return int(text_cfg.hidden_size)
+    return int(_model_config(cfg).hidden_size)

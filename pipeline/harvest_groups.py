@@ -107,7 +107,7 @@ class GroupHarvester:
         self.writer = StoreWriter(root, read_spec(root))
         model = load_model(cfg.model.name, source=cfg.model.source, dtype=cfg.model.dtype,
                            device=resolve_device(cfg.model.device))
-        self.forward = TruncatedForward(model, cfg.model.layer)
+        self.forward = TruncatedForward(model, cfg.model.layer, cfg.model.hook)
         self.cursor = _WindowCursor(cfg, self.tokenizer)
         self.drop_bos = self.plan.rows_per_window < cfg.corpus.context_length
         self.store_dtype = self.writer.spec.torch_dtype
