@@ -2,9 +2,10 @@
 seeds beside the eval's own noise, and the difference to a baseline trainer at the same k *paired by
 seed* with a 95% interval.
 
-Where the table has per-letter values (sae-bench absorption) the interval is a bootstrap that
-resamples seed pairs and letters; otherwise it is mean(diff) ± t(0.975, n - 1) * sd(diff) / sqrt(n)
-over the n seed pairs. With one pair there is no interval. A difference whose interval contains 0
+Where the table has per-letter values (sae-bench absorption) the interval is a percentile bootstrap
+(``scipy.stats.bootstrap``) that resamples seed pairs and letters independently; otherwise it is
+mean(diff) ± t(0.975, n - 1) * sd(diff) / sqrt(n) over the n seed pairs, with the Student t quantile
+from ``scipy.stats.t``. With one pair there is no interval. A difference whose interval contains 0
 is inside the noise.
 """
 from __future__ import annotations
@@ -16,18 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from eval.absorption_metrics import LETTER_METRIC_OF
 from eval.results import with_l0_point
 from fc_base.io import write_text_atomic
 
-# Two-sided 95% Student t quantiles by degrees of freedom (no scipy needed for these few).
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 COMPARE_FILE = "compare.md"
+CONFIDENCE = 0.95
 
 
 def t975(dof: int) -> float:
-    return _T975.get(dof, 1.96 if dof > 30 else 2.0)
+    """The 0.975 quantile of Student's t with ``dof`` degrees of freedom (two-sided 95%)."""
+    if dof < 1:
+        raise ValueError(f"a t quantile needs at least 1 degree of freedom, got {dof}")
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, dof))
 
 
 EVAL_STD_SUFFIX = "_eval_std"
@@ -73,10 +77,19 @@ def paired_comparison(table: pd.DataFrame, metrics: list[str], baseline: str, ev
                     lo, hi = _bootstrap_ci(letters, rng, n_boot)
                     rec.update(ci_low=lo, ci_high=hi, ci_kind="bootstrap seeds x letters")
                 elif len(d) > 1:
-                    half = t975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-                    rec.update(ci_low=d.mean() - half, ci_high=d.mean() + half, ci_kind="t over seeds")
+                    lo, hi = _t_interval(d.to_numpy(float))
+                    rec.update(ci_low=lo, ci_high=hi, ci_kind="t over seeds")
             out.append(rec)
     return pd.DataFrame(out)
+
+
+def _t_interval(diff_P: np.ndarray) -> tuple[float, float]:
+    """95% Student t interval of the mean of the seed-pair differences ``diff_P``."""
+    mean, sem = float(diff_P.mean()), float(stats.sem(diff_P))
+    if sem == 0.0:  # every pair differs by the same amount
+        return mean, mean
+    lo, hi = stats.t.interval(CONFIDENCE, len(diff_P) - 1, loc=mean, scale=sem)
+    return float(lo), float(hi)
 
 
 def _letter_diffs(own: pd.DataFrame, base: pd.DataFrame, metric: str, seeds: list) -> np.ndarray | None:
@@ -89,16 +102,28 @@ def _letter_diffs(own: pd.DataFrame, base: pd.DataFrame, metric: str, seeds: lis
 
 
 def _bootstrap_ci(diff_SL: np.ndarray, rng: np.random.Generator, n_boot: int) -> tuple[float, float]:
-    """95% percentile interval of mean-over-seeds(mean-over-letters) under resampling of both."""
+    """95% percentile interval of mean-over-seeds(mean-over-letters), seeds and letters resampled
+    independently (``scipy.stats.bootstrap`` with the two index sets as unpaired samples).
+
+    Letters scored for no seed pair carry no observation and are left out; a letter missing for some
+    seeds only is skipped in those seeds' means. NaN when a draw has no scored letter at all."""
+    diff_SL = diff_SL[:, ~np.isnan(diff_SL).all(axis=0)]
+    if diff_SL.size == 0:
+        return math.nan, math.nan
+
+    def mean_over_seeds_and_letters(seed_idx, letter_idx, axis=-1):
+        draws = diff_SL[seed_idx.astype(np.intp)[..., :, None], letter_idx.astype(np.intp)[..., None, :]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a seed whose drawn letters are all unscored
+            return np.nanmean(np.nanmean(draws, axis=-1), axis=-1)
+
     n_s, n_l = diff_SL.shape
-    seed_idx_BS = rng.integers(0, n_s, size=(n_boot, n_s))
-    letter_idx_BL = rng.integers(0, n_l, size=(n_boot, n_l))
-    draws_BSL = diff_SL[seed_idx_BS[:, :, None], letter_idx_BL[:, None, :]]
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a draw of only unscored letters is NaN
-        stat_B = np.nanmean(np.nanmean(draws_BSL, axis=2), axis=1)
-    stat_B = stat_B[~np.isnan(stat_B)]
-    return float(np.quantile(stat_B, 0.025)), float(np.quantile(stat_B, 0.975))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # identical draws: a zero-width interval
+        res = stats.bootstrap((np.arange(n_s), np.arange(n_l)), mean_over_seeds_and_letters, n_resamples=n_boot,
+                              batch=500, vectorized=True, paired=False, confidence_level=CONFIDENCE,
+                              method="percentile", rng=rng)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def _fmt(x: float, digits: int = 3) -> str:

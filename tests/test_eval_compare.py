@@ -111,3 +111,37 @@ def test_a_penalty_sae_is_compared_at_the_l0_its_weight_was_calibrated_for():
     assert list(arm.index) == [16, 32] and (arm["n_pairs"] == 3).all()
     uncalibrated = paired_comparison(table.assign(l0_target=None), ["mean_absorption_fraction_score"], "topk")
     assert list(uncalibrated.loc[uncalibrated["trainer"] == "relu_l1", "k"]) == [-1]  # beside no TopK point
+
+
+@pytest.mark.parametrize("dof, quantile", [(1, 12.706), (2, 4.303), (5, 2.571), (10, 2.228), (11, 2.201),
+                                           (15, 2.131), (20, 2.086), (25, 2.060), (30, 2.042), (60, 2.000),
+                                           (120, 1.980)])
+def test_t_quantiles_are_students_at_every_degree_of_freedom(dof, quantile):
+    assert t975(dof) == pytest.approx(quantile, abs=6e-4)  # printed two-sided 95% tables
+
+
+def test_t_interval_over_twelve_seed_pairs_uses_the_quantile_for_eleven_degrees_of_freedom():
+    import numpy as np
+
+    diffs = np.array([0.05, 0.06, 0.02, 0.04, 0.07, 0.01, 0.03, 0.05, 0.06, 0.02, 0.04, 0.08])
+    table = _table({**{("topk", s): 0.5 for s in range(12)}, **{("fc", s): 0.5 + d for s, d in enumerate(diffs)}})
+    row = paired_comparison(table, ["f1"], "topk").set_index("trainer").loc["fc"]
+    half = 2.201 * diffs.std(ddof=1) / math.sqrt(12)
+    assert row["ci_kind"] == "t over seeds" and row["n_pairs"] == 12
+    assert row["ci_low"] == pytest.approx(diffs.mean() - half, abs=1e-4)
+    assert row["ci_high"] == pytest.approx(diffs.mean() + half, abs=1e-4)
+
+
+def test_bootstrap_leaves_out_letters_no_seed_pair_scored():
+    """A letter the baseline never scored (skipped rows) is no observation: the interval is the one
+    without that letter at all."""
+    table = _absorption_table(0.05)
+    letter_z = table["metric"] == "letter/z/absorption_fraction"
+    one_side = table[~(letter_z & (table["trainer"] == "topk"))]  # z scored for the arms, not the baseline
+    neither = table[~letter_z]
+    metric = ["mean_absorption_fraction_score"]
+    a = paired_comparison(one_side, metric, "topk").set_index(["trainer", "k"])
+    b = paired_comparison(neither, metric, "topk").set_index(["trainer", "k"])
+    assert (a["ci_kind"] == "").sum() == 2  # the baseline rows
+    pd.testing.assert_frame_equal(a[["ci_low", "ci_high"]], b[["ci_low", "ci_high"]])
+    assert a.loc[("fc2sup_topk", 16), "ci_high"] < 0
