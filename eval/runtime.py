@@ -16,8 +16,9 @@ import torch
 
 @contextlib.contextmanager
 def stop_after_layer(model, layer: int) -> Iterator[object]:
-    """SAE-Bench's absorption code runs full forwards; the SAE only needs the residual stream after
-    ``layer``, so ``run_with_cache`` stops there (the blocks above and the unembedding are skipped).
+    """SAE-Bench's absorption code runs full forwards; the SAE only needs a hook of block ``layer``
+    (its output, or what its MLP or attention adds), so ``run_with_cache`` stops after that block
+    (the blocks above and the unembedding are skipped).
 
     Cached activations come back as float32 so a bfloat16 model feeds float32 probes and SAEs
     (sae-bench mixes them in matmuls that need one dtype)."""
