@@ -227,12 +227,13 @@ def _scoring(truth: HierarchyTruth | SyntheticModel, W_dec_MD: torch.Tensor, A_B
                     Dh_MD @ Vh_FD[parents_P].T)
 
 
-def _pair_sums(s: _Scoring, own_weight_MP: torch.Tensor, E_MP: torch.Tensor, chunk_size: int
-               ) -> tuple[torch.Tensor, ...]:
+def _pair_sums(s: _Scoring, own_weight_MP: torch.Tensor, E_MP: torch.Tensor, chunk_size: int, *,
+               clamp_own: bool) -> tuple[torch.Tensor, ...]:
     """Over every (active row b, parent p) pair: (row_N, q_N, own_N, other_N, g_N).
 
-    ``own_N = sum_j a_bj own_weight_jp``; ``other_N = sum_j a_bj E_jp`` over the active latents
-    close (cos > eligible_cos) to a descendant of p active on the row; ``g_N = g_bp``.
+    ``own_N = sum_j a_bj own_weight_jp`` (``max(0, a_bj)`` if ``clamp_own``); ``other_N = sum_j a_bj E_jp``
+    over the active latents close (cos > eligible_cos) to a descendant of p active on the row;
+    ``g_N = g_bp``.
     """
     row_N, q_N = torch.nonzero(s.G_BF[:, s.parents_P] > 0, as_tuple=True)
     near_KM = s.geo.near_MK.T.float()
@@ -244,7 +245,8 @@ def _pair_sums(s: _Scoring, own_weight_MP: torch.Tensor, E_MP: torch.Tensor, chu
         active_desc_nK = (s.G_BF[b_n][:, s.desc_K] > 0) & s.anc_KP[:, q_n].T
         eligible_nM = (active_desc_nK.float() @ near_KM > 0) & (A_nM > 0)
         other_N[start:start + chunk_size] = (A_nM * E_MP[:, q_n].T * eligible_nM).sum(dim=1)
-        own_N[start:start + chunk_size] = (A_nM * own_weight_MP[:, q_n].T).sum(dim=1)
+        own_nM = A_nM.clamp(min=0) if clamp_own else A_nM
+        own_N[start:start + chunk_size] = (own_nM * own_weight_MP[:, q_n].T).sum(dim=1)
     return row_N, q_N, own_N, other_N, s.G_BF[row_N, s.parents_P[q_N]]
 
 
@@ -297,14 +299,13 @@ def parent_mass(truth: HierarchyTruth | SyntheticModel, W_dec_MD: torch.Tensor, 
                 G_BF: torch.Tensor, *, own_cos: float = OWN_COS, eligible_cos: float = ELIGIBLE_COS,
                 chunk_size: int = 4096) -> ParentMass:
     """The share of each parent's mass that its own latents do not carry (absorbed or lost)."""
-    # Negative codes carry nothing (the other part only counts active latents anyway).
-    s = _scoring(truth, W_dec_MD, A_BM.clamp(min=0), G_BF, eligible_cos, chunk_size)
+    s = _scoring(truth, W_dec_MD, A_BM, G_BF, eligible_cos, chunk_size)
     q_P = torch.arange(len(s.parents_P), device=s.C_MP.device)
     best_P = s.C_MP.argmax(dim=0)
     matched_P = (s.geo.own_feature_M[best_P] == s.parents_P) & (s.C_MP[best_P, q_P] > own_cos)
     own_MP = (s.geo.own_feature_M[:, None] == s.parents_P[None, :]) & (s.C_MP > own_cos) & matched_P[None, :]
     row_N, q_N, own_N, other_N, g_N = _pair_sums(s, own_MP.float(), s.residual_MP().masked_fill(own_MP, 0.0),
-                                                 chunk_size)
+                                                 chunk_size, clamp_own=True)
     mass_N = torch.maximum(g_N, own_N + other_N)
     absorbed_N = other_N / mass_N
     share_N = 1.0 - own_N / mass_N
@@ -351,7 +352,7 @@ def carried_share(truth: HierarchyTruth | SyntheticModel, W_dec_MD: torch.Tensor
     own_weight_MP[latent_P, q_P] = s.C_MP[latent_P, q_P]
     E_MP = s.residual_MP()
     E_MP[latent_P, q_P] = 0.0
-    row_N, q_N, own_N, other_N, g_N = _pair_sums(s, own_weight_MP, E_MP, chunk_size)
+    row_N, q_N, own_N, other_N, g_N = _pair_sums(s, own_weight_MP, E_MP, chunk_size, clamp_own=False)
     own_N = own_N.clamp(min=0)
     total_N = own_N + other_N
     lost_N = total_N <= lost_below * g_N  # p not carried: lost, not absorbed

@@ -243,6 +243,8 @@ def test_silent_sae_is_all_lost(truth, G_BF):
     assert m["absorption_rate"] == 1.0 and m["lost_share"] == 1.0 and m["absorbed_share"] == 0.0
     assert m["fully_absorbed_fraction"] == 1.0
     assert m["carried_share"] == 0.0 and m["carried_share_lost_rows"] == 1.0  # the flaw it replaces
+    negative = hierarchy_absorption_metrics(truth, truth.V_FD, -G_BF, G_BF)  # negative codes carry nothing
+    assert negative["absorption_rate"] == 1.0 and negative["lost_share"] == 1.0
 
 
 def test_parent_without_a_latent_is_never_own(truth, G_BF):
