@@ -23,10 +23,10 @@ def _add_config_args(p: argparse.ArgumentParser, run_dir: bool = True) -> None:
         p.add_argument("--run-dir", required=True, type=Path, help="run directory (created if needed)")
 
 
-def _cfg(args):
+def _cfg(args, check=None):
     from pipeline.rundir import config_for
 
-    return config_for(args.run_dir, args.preset, args.config, args.overrides)
+    return config_for(args.run_dir, args.preset, args.config, args.overrides, check)
 
 
 def cmd_config_show(args) -> int:
@@ -63,9 +63,9 @@ def cmd_model(args) -> int:
 
 
 def cmd_harvest(args) -> int:
-    from pipeline.harvest import harvest
+    from pipeline.harvest import check_hook, harvest
 
-    path = harvest(_cfg(args), args.run_dir)
+    path = harvest(_cfg(args, check_hook), args.run_dir)
     print(f"activation cache: {path}")
     return 0
 
@@ -145,9 +145,10 @@ def cmd_report(args) -> int:
 
 def cmd_run(args) -> int:
     """All stages in-process, without Prefect (the flow does the same with orchestration)."""
+    from pipeline.harvest import check_hook
     from pipeline.stages import run_all
 
-    run_all(_cfg(args), args.run_dir)
+    run_all(_cfg(args, check_hook), args.run_dir)
     return 0
 
 

@@ -8,6 +8,7 @@ compare SAEs trained on different data.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 from pipeline.config import ConfigError, RunConfig, apply_overrides, resolve_config
 
@@ -20,8 +21,11 @@ def load_run_config(run_dir: str | Path) -> RunConfig | None:
     return RunConfig.load(path) if path.is_file() else None
 
 
-def prepare_run_dir(run_dir: str | Path, cfg: RunConfig | None = None) -> RunConfig:
-    """Create ``run_dir`` if needed and return the config to run with (saved beside the results)."""
+def prepare_run_dir(run_dir: str | Path, cfg: RunConfig | None = None,
+                    check: Callable[[RunConfig], Any] | None = None) -> RunConfig:
+    """Create ``run_dir`` if needed and return the config to run with (saved beside the results).
+    ``check`` validates a config against its model (e.g. the hook's layer exists) before it is saved,
+    so a rejected config leaves no ``config.json`` that a corrected one would then clash with."""
     run_dir = Path(run_dir)
     saved = load_run_config(run_dir)
     if cfg is None:
@@ -36,19 +40,21 @@ def prepare_run_dir(run_dir: str | Path, cfg: RunConfig | None = None) -> RunCon
                 raise ConfigError(
                     f"{run_dir} was created with a different {section} config ({', '.join(changed)}); "
                     "use a new --run-dir")
+    if check is not None:
+        check(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / CONFIG_FILE)
     return cfg
 
 
 def config_for(run_dir: str | Path, preset: str | None = None, config_file: str | None = None,
-               overrides: list[str] | None = None) -> RunConfig:
+               overrides: list[str] | None = None, check: Callable[[RunConfig], Any] | None = None) -> RunConfig:
     """The CLI's rule: an explicit preset/config wins (and is checked against the run dir); bare
     overrides apply on top of the run dir's saved config."""
     if preset is None and config_file is None:
         saved = load_run_config(run_dir)
         if saved is not None:
-            return prepare_run_dir(run_dir, apply_overrides(saved, overrides) if overrides else None)
+            return prepare_run_dir(run_dir, apply_overrides(saved, overrides) if overrides else None, check)
         if not overrides:
             return prepare_run_dir(run_dir)  # raises: nothing says which config to run with
-    return prepare_run_dir(run_dir, resolve_config(preset, config_file, overrides))
+    return prepare_run_dir(run_dir, resolve_config(preset, config_file, overrides), check)

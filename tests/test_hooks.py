@@ -155,11 +155,11 @@ def test_llama_and_gemma3_hooks_equal_transformerlens(family, tmp_path):
     (["model.hook=resid_post"], "model.hook must be blocks.<layer>.<kind>", None),
     (["model.hook=blocks.0.hook_mlp_out"], "model.hook 'blocks.0.hook_mlp_out' is at layer 0 but model.layer is 1",
      None),
-    # The config is valid on its face; the harvest finds the model's layer count before it writes anything
-    # (the CLI has saved the run's config.json by then).
+    # The config is valid on its face; the CLI checks the model's layer count before it saves the run's
+    # config.json (a saved bad config would clash with the corrected one).
     (["model.layer=2"], "EleutherAI/pythia-14m: hook 'blocks.2.hook_resid_post': layer 2 out of range: the model "
-                        "(gpt_neox) has 2 decoder layers (0..1)", ["config.json"]),
-    (["model.layer=7", "model.hook=blocks.7.hook_attn_out"], "layer 7 out of range", ["config.json"]),
+                        "(gpt_neox) has 2 decoder layers (0..1)", None),
+    (["model.layer=7", "model.hook=blocks.7.hook_attn_out"], "layer 7 out of range", None),
 ])
 def test_a_bad_hook_is_one_error_line_before_the_harvest_writes(overrides, fragment, written, tiny_model_dir,
                                                                 tmp_path, capsys):
