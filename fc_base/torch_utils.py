@@ -18,3 +18,17 @@ def resolve_device(name: str) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def slow_cpu_low_precision(dtype_name: str, device: str) -> str | None:
+    """A warning when ``dtype_name`` arithmetic would run on a CPU without bfloat16/float16 matrix
+    units (no AVX512-BF16 or AMX): there oneDNN falls back to a path measured at about 100x slower
+    than float32 for the model's matmuls. None when the setting is fine."""
+    if dtype_name == "float32" or resolve_device(device) != "cpu":
+        return None
+    import torch
+
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    return (f"warning: {dtype_name} on this CPU ({torch.backends.cpu.get_cpu_capability()}, no bfloat16 matrix "
+            f"units) runs about 100x slower than float32; float32 is the fast setting here")

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +25,7 @@ from cache_tools.errors import StoreError
 from cache_tools.layout import LAYOUT_ATTR, MANIFEST_NAME, StoreSpec, read_group_attrs
 from cache_tools.manifest import Manifest
 from cache_tools.writer import IDENTITY_ATTR, StoreWriter
+from fc_base.torch_utils import slow_cpu_low_precision
 from pipeline.config import HOOK_RESID_POST, RunConfig
 from pipeline.harvest_dask import harvest_groups_dask
 from pipeline.harvest_groups import (GroupHarvester, HarvestError, HarvestPlan, make_plan,  # noqa: F401  (re-exported)
@@ -161,6 +163,9 @@ def harvest(cfg: RunConfig, run_dir: str | Path, *, client=None, progress: bool 
     check_hook(cfg)  # a hook the model does not have fails here, before anything is written
     if _existing_store_state(root, content_identity(cfg)):
         return root
+    slow = slow_cpu_low_precision(cfg.model.dtype, cfg.model.device)
+    if slow:
+        print(f"harvest: {slow} (--set model.dtype=float32; it changes the cached activations)", file=sys.stderr)
     with _exclusive_harvest_lock(Path(run_dir)):
         return _harvest_locked(cfg, run_dir, root, client=client, progress=progress)
 

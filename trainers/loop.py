@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from fc_base import sae_folder as folder_schema
 from fc_base.io import write_json_atomic, write_parquet_atomic
 from fc_base.sae_folder import SAEMeta
 from fc_base.torch_utils import resolve_device as _resolve_device_name
+from fc_base.torch_utils import slow_cpu_low_precision
 from trainers.calibration import ThresholdCalibration, calibrate_threshold, is_calibrated_family
 from trainers.checkpoint import load_latest_checkpoint, save_checkpoint
 from trainers.config import TrainConfig
@@ -302,6 +304,9 @@ def _setup(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: int, 
     if source.n_rows // cfg.batch_size == 0:
         raise ValueError(f"activation cache has {source.n_rows} rows, fewer than train.batch_size={cfg.batch_size}")
     run = _Run(cfg, trainer, seed, source, resolve_device(cfg.device))
+    slow = slow_cpu_low_precision("bfloat16" if cfg.precision == "bf16" else "float32", run.device.type)
+    if slow:
+        print(f"train: train.precision bf16: {slow} (--set train.precision=float32)", file=sys.stderr)
     ckpt = load_latest_checkpoint(out_dir / folder_schema.CHECKPOINTS_DIR)
     if ckpt is not None:
         run.load(ckpt)
