@@ -20,6 +20,7 @@ import torch
 
 TRAINED = "topk_s0"
 DEGENERATE = ("silent", "parents_silenced", "parents_removed", "parents_duplicated", "random")
+DUPLICATE_SLACK = 0.01  # the copies take TopK slots, so the duplicated SAE is the same function on most rows only
 ORACLE_TOLERANCE = 0.05  # the oracle's encoder is linear: crosstalk between 128 features in 32 dims
 ORACLE_THRESHOLD = 1.0  # the oracle's JumpReLU threshold
 REPORTED = ("absorption_rate", "absorbed_share", "lost_share", "unmatched_parent_fraction",
@@ -173,7 +174,8 @@ def test_the_trained_sae_is_partly_absorbed(scores):
 
 @pytest.mark.parametrize("name", DEGENERATE)
 def test_no_degenerate_sae_scores_below_the_trained_one(scores, name):
-    assert scores[name]["absorption_rate"] >= scores[TRAINED]["absorption_rate"], \
+    slack = DUPLICATE_SLACK if name == "parents_duplicated" else 0.0
+    assert scores[name]["absorption_rate"] >= scores[TRAINED]["absorption_rate"] - slack, \
         {key: (scores[name][key], scores[TRAINED][key]) for key in REPORTED}
 
 
@@ -188,7 +190,8 @@ def test_saes_that_lose_their_parents_score_one(scores):
 
 
 def test_duplicates_are_own_latents(scores):
-    """Same function, every own latent in two halves: both halves count, the score stays put."""
+    """The same function (but for the TopK slots the copies take), every own latent in two halves: both
+    halves count, the score stays put."""
     dup, trained = scores["parents_duplicated"], scores[TRAINED]
     assert dup["explained_variance"] == pytest.approx(trained["explained_variance"], abs=0.02)
     assert dup["own_latents_per_parent"] > trained["own_latents_per_parent"]
