@@ -24,7 +24,7 @@ eval: setup
 # RESULTS.md from the committed results tables (copy a finished run's results.parquet under results/).
 results: setup
 	$(PY) -m pipeline.cli results-md --synthetic results/synth-fc/results.parquet \
-		--language results/experiment/results.parquet --language results/experiment-float32/results.parquet \
+		--language results/experiment-f32-k32/results.parquet --language results/experiment/results.parquet --language results/experiment-float32/results.parquet \
 		--language results/experiment-gpu/results.parquet \
 		--out RESULTS.md
 
