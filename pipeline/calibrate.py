@@ -11,7 +11,8 @@ from pathlib import Path
 
 from fc_base.errors import ConfigError
 from fc_base.sae_folder import SAEMeta, list_sae_folders
-from trainers.calibration import ThresholdCalibration, calibrate_folder, is_calibrated_family
+from trainers.calibration import (ThresholdCalibration, calibrate_folder, is_calibrated_family,
+                                  require_calibrated_family)
 
 
 def _store_identity_error(store_attrs: dict, meta: SAEMeta) -> str | None:
@@ -35,10 +36,7 @@ def calibration_targets(run_dir: Path, saes: list[str] | None = None) -> list[Pa
     if unknown:
         raise ConfigError(f"no finished SAE {unknown[0]!r} in {run_dir} (have: {', '.join(folders) or 'none'})")
     for name in saes:
-        trainer = SAEMeta.read(folders[name]).trainer
-        if not is_calibrated_family(trainer):
-            raise ConfigError(f"{name}: trainer {trainer!r} has no learned threshold to calibrate "
-                              "(only the BatchTopK family: batchtopk, matryoshka and their FC variants)")
+        require_calibrated_family(name, SAEMeta.read(folders[name]).trainer)
     return [folders[s] for s in saes]
 
 

@@ -90,17 +90,20 @@ def _largest_values(weights, source, start: int, stop: int, count: int, per_row:
         per_row *= 2
 
 
-def _mean_l0(weights, source, start: int, stop: int, threshold: float) -> float:
-    fired = sum(int((pre_BM > threshold).sum()) for pre_BM in _pre_acts_chunks(weights, source, start, stop))
-    return fired / max(stop - start, 1)
+def _mean_l0s(weights, source, start: int, stop: int, thresholds: list[float]) -> list[float]:
+    """Mean L0 on the rows under each threshold, from one pass of encoding."""
+    fired = [0] * len(thresholds)
+    for pre_BM in _pre_acts_chunks(weights, source, start, stop):
+        fired = [f + int((pre_BM > t).sum()) for f, t in zip(fired, thresholds)]
+    return [f / max(stop - start, 1) for f in fired]
 
 
 def calibrate_threshold(weights: dict[str, torch.Tensor], source, k: float, *, rows: int = DEFAULT_ROWS,
-                        old_threshold: float | None = None) -> tuple[torch.Tensor, ThresholdCalibration]:
-    """The threshold tensor (d_sae,) that gives a mean L0 of ``k`` on the calibration slice of
-    ``source`` (an ActivationSource of raw activations) for exported ``weights``, and its record.
-    The threshold lies halfway between the (kN)-th and (kN+1)-th largest pre-activations, so
-    exactly kN entries clear it; it never goes below 0 (codes stay non-negative)."""
+                        old_threshold: float | None = None) -> ThresholdCalibration:
+    """The threshold that gives a mean L0 of ``k`` on the calibration slice of ``source`` (an
+    ActivationSource of raw activations) for exported ``weights``, with its record. The threshold
+    lies halfway between the (kN)-th and (kN+1)-th largest pre-activations, so exactly kN entries
+    clear it; it never goes below 0 (codes stay non-negative)."""
     (c0, c1), (h0, h1) = calibration_slices(source.n_rows, rows)
     n = c1 - c0
     count = int(round(k * n))
@@ -112,12 +115,20 @@ def calibrate_threshold(weights: dict[str, torch.Tensor], source, k: float, *, r
     else:
         threshold = max(0.0, float((top_N[count - 1] + top_N[count]) / 2))
     old = float(weights["threshold"][0]) if old_threshold is None else old_threshold
-    record = ThresholdCalibration(
+    l0_check, l0_check_old = _mean_l0s(weights, source, h0, h1, [threshold, old])
+    # Every entry above the threshold is among the values found (the search is exact), so the
+    # calibration rows' L0 needs no second pass.
+    return ThresholdCalibration(
         target_l0=float(k), rows=n, check_rows=h1 - h0, row_ranges=[[c0, c1], [h0, h1]],
-        l0_calibration=_mean_l0(weights, source, c0, c1, threshold),
-        l0_check=_mean_l0(weights, source, h0, h1, threshold), threshold=threshold, old_threshold=old,
-        l0_check_old=_mean_l0(weights, source, h0, h1, old))
-    return torch.full((weights["W_enc"].shape[1],), threshold, dtype=torch.float32), record
+        l0_calibration=int((top_N > threshold).sum()) / n, l0_check=l0_check, threshold=threshold,
+        old_threshold=old, l0_check_old=l0_check_old)
+
+
+def require_calibrated_family(name: str, trainer: str) -> None:
+    """One error line for an SAE whose recipe has no threshold to calibrate."""
+    if not is_calibrated_family(trainer):
+        raise ConfigError(f"{name}: trainer {trainer!r} has no learned threshold to calibrate "
+                          "(only the BatchTopK family: batchtopk, matryoshka and their FC variants)")
 
 
 def is_calibrated_family(trainer: str) -> bool:
@@ -158,9 +169,7 @@ def calibrate_folder(folder: str | Path, source, *, rows: int | None = None) -> 
 
     folder = Path(folder)
     meta = SAEMeta.read(folder)
-    if not is_calibrated_family(meta.trainer):
-        raise ConfigError(f"{meta.name}: trainer {meta.trainer!r} has no learned threshold to calibrate "
-                          "(only the BatchTopK family: batchtopk, matryoshka and their FC variants)")
+    require_calibrated_family(meta.name, meta.trainer)
     if meta.k is None:
         raise SAEFolderError(f"{meta.name}: sae_meta.json has no k to calibrate the threshold for")
     if source.d_model != meta.d_in:
@@ -169,9 +178,9 @@ def calibrate_folder(folder: str | Path, source, *, rows: int | None = None) -> 
     if "threshold" not in weights:
         raise SAEFolderError(f"{meta.name}: {WEIGHTS_FILE} holds no threshold tensor")
     earlier = meta.threshold_calibration or {}
-    threshold_M, record = calibrate_threshold(weights, source, meta.k, rows=rows or calibration_rows_of(folder),
-                                              old_threshold=earlier.get("old_threshold"))
+    record = calibrate_threshold(weights, source, meta.k, rows=rows or calibration_rows_of(folder),
+                                 old_threshold=earlier.get("old_threshold"))
     replace(meta, threshold_calibration=record.to_dict()).write(folder)
-    weights["threshold"] = threshold_M
+    weights["threshold"] = torch.full((meta.d_sae,), record.threshold, dtype=torch.float32)
     write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(weights, str(tmp)))
     return record

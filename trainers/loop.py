@@ -383,7 +383,7 @@ def _calibrate_threshold(run: _Run, source: ActivationSource) -> ThresholdCalibr
     from trainers.batchtopk import BatchTopKOptions
 
     weights = run.model.export_tensors(run.norm_scale)
-    _, record = calibrate_threshold(weights, source, run.cfg.k, rows=run.cfg.option(BatchTopKOptions).calibration_rows)
+    record = calibrate_threshold(weights, source, run.cfg.k, rows=run.cfg.option(BatchTopKOptions).calibration_rows)
     run.model.threshold.fill_(record.threshold)
     return record
 
