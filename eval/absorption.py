@@ -18,6 +18,7 @@ import json
 import math
 import random
 import statistics
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,9 @@ def sample_words(tokenizer, n_words: int | None, seed: int) -> list[str]:
     rng = random.Random(seed)
     if n_words is not None and n_words < len(usable):
         return rng.sample(usable, n_words)
+    if n_words is not None:
+        print(f"absorption: eval.options.absorption.word_sample={n_words} exceeds the {len(usable)} usable "
+              f"vocabulary words; running the full vocabulary", file=sys.stderr)
     return rng.sample(usable, len(usable))
 
 
@@ -184,7 +188,7 @@ def ensure_probe(model, layer: int, artifacts_dir: Path, opts: AbsorptionOptions
     with file_lock(root / ".lock"):
         if not (probe_file.is_file() and words_file.is_file() and f1_file.is_file()):
             words = sample_words(model.tokenizer, opts.word_sample, opts.word_sample_seed)
-            with private_sae_bench_rng(opts.word_sample_seed), stop_after_layer(model, layer):
+            with private_sae_bench_rng(opts.word_sample_seed), stop_after_layer(model, layer, read_pos=token_pos):
                 create_and_train_probe(
                     model=model, formatter=first_letter_formatter(), hook_point=hook,
                     probes_dir=probes_dir, vocab=words, batch_size=opts.probe_llm_batch_size, num_epochs=50,
@@ -235,7 +239,7 @@ class SharedPromptActivations:
             raise ValueError(f"prompt activations of decoder block {self.layer} asked for {requested}")
         missing = [p for p in dict.fromkeys(prompts) if p not in self.acts]
         if missing:
-            with stop_after_layer(self.model, self.layer):
+            with stop_after_layer(self.model, self.layer, read_pos=self.token_pos):
                 _, cache = self.model.run_with_cache(missing, names_filter=[self.hook])
             acts_BD = cache[self.hook][:, self.token_pos, :].cpu().clone()  # not a view of (B, T, d)
             self.acts.update(zip(missing, acts_BD))
@@ -357,7 +361,7 @@ def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts,
     precalc = n_train * sae.cfg.d_sae * 4 < 2 * 1024**3  # SAE codes of the train words fit in memory
     split_args = dict(base_template=TEMPLATE, pos_idx=probe.token_pos, probes_dir=probe.probes_dir, layer=layer,
                       device="cpu")
-    with private_sae_bench_rng(1000 + probe_seed), stop_after_layer(model, layer):
+    with private_sae_bench_rng(1000 + probe_seed), stop_after_layer(model, layer, read_pos=probe.token_pos):
         gt_probe = load_or_train_probe(model=model, layer=layer, probes_dir=probe.probes_dir, base_template=TEMPLATE,
                                        pos_idx=probe.token_pos, device=str(sae.device))
         train_acts, train_labels = load_probe_data_split_or_train(model, split="train", **split_args)

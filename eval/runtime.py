@@ -15,10 +15,17 @@ import torch
 
 
 @contextlib.contextmanager
-def stop_after_layer(model, layer: int) -> Iterator[object]:
+def stop_after_layer(model, layer: int, read_pos: int | None = None) -> Iterator[object]:
     """SAE-Bench's absorption code runs full forwards; the SAE only needs a hook of block ``layer``
     (its output, or what its MLP or attention adds), so ``run_with_cache`` stops after that block
     (the blocks above and the unembedding are skipped).
+
+    With ``read_pos`` (a negative position, the only one the caller reads), a batch of prompts that
+    all have the same token length also stops at that position: attention is causal, so the tokens
+    after it cannot change it, and they are not run (about 6 of Gemma's 88 tokens of an absorption
+    prompt). The cache then holds zeros after ``read_pos``. Every position up to it is computed by
+    the same kernels on the same rows, so the activations are bit-identical (tested; the absorption
+    benchmark checks it on the real model). Batches of unequal lengths run in full.
 
     Cached activations come back as float32 so a bfloat16 model feeds float32 probes and SAEs
     (sae-bench mixes them in matmuls that need one dtype)."""
@@ -26,6 +33,12 @@ def stop_after_layer(model, layer: int) -> Iterator[object]:
 
     def run_with_cache(*args, **kwargs):
         kwargs["stop_at_layer"] = layer + 1
+        if read_pos is not None and args and _is_prompt_list(args[0]):
+            tokens_BT = _equal_length_tokens(model, args[0])
+            if tokens_BT is not None and tokens_BT.shape[1] + read_pos >= 0:
+                kept = tokens_BT.shape[1] + read_pos + 1
+                out, cache = original(tokens_BT[:, :kept], *args[1:], **kwargs)
+                return out, {name: _pad_positions(acts, tokens_BT.shape[1]) for name, acts in cache.items()}
         out, cache = original(*args, **kwargs)
         return out, {name: acts.float() for name, acts in cache.items()}
 
@@ -34,6 +47,26 @@ def stop_after_layer(model, layer: int) -> Iterator[object]:
         yield model
     finally:
         del model.run_with_cache  # drop the instance override; the class method shows through again
+
+
+def _is_prompt_list(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) for v in value)
+
+
+def _equal_length_tokens(model, prompts) -> torch.Tensor | None:
+    """The prompts' tokens as ``model.to_tokens`` makes them, or None when their lengths differ (then
+    the batch is padded, and a position counted from the end is not the same token in every row)."""
+    lengths = {len(ids) for ids in model.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]}
+    if len(lengths) != 1:
+        return None
+    return model.to_tokens(list(prompts))
+
+
+def _pad_positions(acts: torch.Tensor, n_positions: int) -> torch.Tensor:
+    """(B, kept, ...) activations as float32 (B, n_positions, ...) with zeros after the kept ones."""
+    out = acts.new_zeros((acts.shape[0], n_positions, *acts.shape[2:]), dtype=torch.float32)
+    out[:, :acts.shape[1]] = acts
+    return out
 
 
 @contextlib.contextmanager
