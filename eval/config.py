@@ -50,7 +50,7 @@ class EvalConfig:
         bad = [e for e in self.evals if e not in known]
         _check(not bad, f"eval.evals: unknown eval {bad[0]!r} (allowed: {', '.join(known)})" if bad else "")
         _check(len(set(self.evals)) == len(self.evals), f"eval.evals lists an eval twice: {self.evals}")
-        _check(self.llm_dtype in DTYPES, f"eval.llm_dtype must be one of {DTYPES}, got {self.llm_dtype!r}")
+        _check(self.llm_dtype in DTYPES, f"eval.llm_dtype must be one of {', '.join(DTYPES)}, got {self.llm_dtype!r}")
         _check(bool(self.device.strip()), "eval.device must not be empty")
         _check(isinstance(self.llm_batch_size, int) and self.llm_batch_size > 0,
                f"eval.llm_batch_size must be a positive integer, got {self.llm_batch_size!r}")
@@ -69,25 +69,37 @@ class EvalConfig:
 
     @staticmethod
     def preset(name: str) -> "EvalConfig":
-        if name == "demo":
-            # Gemma-3-270m layer 5, 8000 words: 23/26 letters pass sae-bench's probe rule (float32 and
-            # bfloat16 alike).  The probe and its word activations are built once and shared
-            # by every SAE.  float32: TransformerLens
-            # runs Gemma no faster in bfloat16 on CPU, and core's variance metrics need the precision
-            # (Gemma's residual norms reach 1e4).
-            # Core runs full forwards with Gemma's 262k-token unembedding: 2 x 4 sequences keep it
-            # near 30 s per SAE on 2 cores.
-            return EvalConfig(llm_dtype="float32", options={
-                "core": {"batch_size_prompts": 4, "reconstruction_batches": 2, "sparsity_batches": 2}})
-        if name == "pythia70m":
-            return EvalConfig(llm_dtype="float32", llm_batch_size=64, options={
-                "absorption": {"word_sample": None},
-                "core": {"reconstruction_batches": 20, "sparsity_batches": 20}})
-        if name == "tiny":
-            return EvalConfig(llm_batch_size=64, options={
-                "absorption": {"word_sample": 1000, "probe_epochs": 5, "max_k": 3, "probe_seeds": 2},
-                "core": {"n_docs": 64, "context_length": 32, "batch_size_prompts": 4, "reconstruction_batches": 2,
-                         "sparsity_batches": 2},
-                "sae_probes": {"datasets": ["119_us_state_TX"], "ks": [1, 2], "max_seq_len": 64,
-                               "llm_baseline": False}})
-        raise EvalConfigError(f"no eval preset {name!r} (available: demo, pythia70m, tiny)")
+        if name not in EVAL_PRESETS:
+            raise EvalConfigError(f"no eval preset {name!r} (available: {', '.join(EVAL_PRESETS)})")
+        return EVAL_PRESETS[name]()
+
+
+def _demo() -> EvalConfig:
+    # Gemma-3-270m layer 5, 8000 words: 23/26 letters pass sae-bench's probe rule (float32 and
+    # bfloat16 alike).  The probe and its word activations are built once and shared
+    # by every SAE.  float32: TransformerLens
+    # runs Gemma no faster in bfloat16 on CPU, and core's variance metrics need the precision
+    # (Gemma's residual norms reach 1e4).
+    # Core runs full forwards with Gemma's 262k-token unembedding: 2 x 4 sequences keep it
+    # near 30 s per SAE on 2 cores.
+    return EvalConfig(llm_dtype="float32", options={
+        "core": {"batch_size_prompts": 4, "reconstruction_batches": 2, "sparsity_batches": 2}})
+
+
+def _pythia70m() -> EvalConfig:
+    return EvalConfig(llm_dtype="float32", llm_batch_size=64, options={
+        "absorption": {"word_sample": None},
+        "core": {"reconstruction_batches": 20, "sparsity_batches": 20}})
+
+
+def _tiny() -> EvalConfig:
+    return EvalConfig(llm_batch_size=64, options={
+        "absorption": {"word_sample": 1000, "probe_epochs": 5, "max_k": 3, "probe_seeds": 2},
+        "core": {"n_docs": 64, "context_length": 32, "batch_size_prompts": 4, "reconstruction_batches": 2,
+                 "sparsity_batches": 2},
+        "sae_probes": {"datasets": ["119_us_state_TX"], "ks": [1, 2], "max_seq_len": 64,
+                       "llm_baseline": False}})
+
+
+EVAL_PRESETS = {"demo": _demo, "pythia70m": _pythia70m, "tiny": _tiny}
+"""Eval settings of the run presets that size their evals (``EvalConfig.preset``)."""

@@ -8,17 +8,79 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from fc_base.cli import run_command
 
 import pipeline  # noqa: F401  (environment first)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose registry listings are made only when its help is shown: listing the
+    trainer recipes or the evals imports every plug-in module (torch, pandas), which a command that
+    only runs should not pay for while its arguments are parsed."""
+
+    def __init__(self, *args, epilog_from: Callable[[], str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._epilog_from = epilog_from
+        self._help_from: dict[argparse.Action, Callable[[], str]] = {}
+
+    def add_listing_argument(self, *names: str, help_from: Callable[[], str], **kwargs) -> argparse.Action:
+        """An argument whose help text is ``help_from()``, made when help is shown."""
+        action = self.add_argument(*names, **kwargs)
+        self._help_from[action] = help_from
+        return action
+
+    def format_help(self) -> str:
+        for action, make in self._help_from.items():
+            action.help = make()
+        if self._epilog_from is not None:
+            self.epilog = self._epilog_from()
+        return super().format_help()
+
+
+def _names(names) -> str:
+    """Names for a help text (which argparse %-formats)."""
+    return ", ".join(names).replace("%", "%%")
+
+
+def _preset_names() -> str:
+    from pipeline.config import PRESETS
+
+    return _names(PRESETS)
+
+
+def _trainer_names() -> str:
+    from trainers.recipe import recipe_names
+
+    return _names(recipe_names())
+
+
+def _eval_names() -> str:
+    from eval.spec import eval_names
+
+    return _names(eval_names())
+
+
+def _default_calibration_rows() -> int:
+    from trainers.recipe import option_sections
+
+    return option_sections()["batchtopk"]().calibration_rows
+
+
+def _sae_help(what: str) -> str:
+    from fc_base.sae_folder import SAES_DIR, sae_name
+
+    return (f"{what}: a folder name under RUN_DIR/{SAES_DIR}, {sae_name('<trainer>', '<seed>')} or "
+            f"{sae_name('<trainer>', '<seed>', '<point>')}")
+
+
 def _add_config_args(p: argparse.ArgumentParser, run_dir: bool = True) -> None:
-    p.add_argument("--preset", help="preset name: demo, pythia70m, tiny")
+    p.add_argument("--preset", help=f"preset name: {_preset_names()}")
     p.add_argument("--config", help="JSON or YAML config file (may name a preset and override fields)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one field, e.g. --set train.k=64 (repeatable)")
+                   help="override one field, read as its type: --set train.k=64, --set train.seeds=0,1 "
+                   "(repeatable)")
     if run_dir:
         p.add_argument("--run-dir", required=True, type=Path, help="run directory (created if needed)")
 
@@ -152,23 +214,31 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _listing(pairs: list[tuple[str, str]]) -> str:
+    """``  name  description`` lines, the descriptions in one column."""
+    width = max(len(name) for name, _ in pairs)
+    return "\n".join(f"  {name:{width}s}  {description}" for name, description in pairs)
+
+
 def _recipes_epilog() -> str:
     from trainers.recipe import recipes
 
-    lines = [f"  {r.name:16s} {r.description}" for r in recipes()]
-    return ("trainer recipes (train.trainers; knobs under train.options.<section>):\n" + "\n".join(lines)
+    return ("trainer recipes (train.trainers; knobs under train.options.<section>):\n"
+            + _listing([(r.name, r.description) for r in recipes()])
             + "\nFC guidance composes with every architecture: fc_<recipe> splits high absorption-score latents.")
 
 
 def _evals_epilog() -> str:
     from eval.spec import eval_specs
 
-    lines = [f"  {e.name:26s} {e.description}" for e in eval_specs()]
-    return "evals (eval.evals; knobs under eval.options.<section>):\n" + "\n".join(lines)
+    return ("evals (eval.evals; knobs under eval.options.<section>):\n"
+            + _listing([(e.name, e.description) for e in eval_specs()]))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fc-sae", description=__doc__.splitlines()[0])
+    from pipeline.models import EMBEDDED_GEMMA, SOURCES
+
+    parser = _Parser(prog="fc-sae", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     cfg = sub.add_parser("config", help="show the resolved config")
@@ -178,8 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
 
     model = sub.add_parser("model", help="provision a model by name (or build a synth/* model) and print its provenance")
-    model.add_argument("name", nargs="?", default="google/gemma-3-270m")
-    model.add_argument("--source", default="auto", choices=["auto", "tiny-random"])
+    model.add_argument("name", nargs="?", default=EMBEDDED_GEMMA,
+                       help="model name (default: %(default)s); synth/<name> builds a synthetic model")
+    model.add_argument("--source", default=SOURCES[0], choices=SOURCES, help="where the weights come from "
+                       "(model.source; default: %(default)s)")
     model.add_argument("--synthetic-config", help="JSON/YAML SyntheticModelConfig file for a custom synth/<name>")
     model.add_argument("--prompt", help="also greedily continue this text")
     model.add_argument("--max-new-tokens", type=int, default=20)
@@ -190,18 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("eval", cmd_eval, "run SAE-Bench evals and write results.parquet"),
                                  ("report", cmd_report, "write plots and report/index.html"),
                                  ("run", cmd_run, "run every stage in-process (no Prefect)")]:
-        epilog = {"train": _recipes_epilog, "eval": _evals_epilog}.get(name, str)()
-        p = sub.add_parser(name, help=helptext, description=helptext, epilog=epilog or None,
+        p = sub.add_parser(name, help=helptext, description=helptext,
+                           epilog_from={"train": _recipes_epilog, "eval": _evals_epilog}.get(name),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_config_args(p)
         p.set_defaults(func=func)
         if name == "train":
-            p.add_argument("--trainer", help="only this trainer recipe (listed below)")
+            p.add_argument("--trainer", help="only this trainer recipe (one of those listed below)")
             p.add_argument("--seed", type=int, help="only this seed")
             p.add_argument("--point", help="only this L0-sweep point (train.sweep label)")
         if name == "eval":
-            p.add_argument("--eval", action="append", default=[], help="only this eval (repeatable; listed below)")
-            p.add_argument("--sae", action="append", default=[], help="only this SAE (repeatable)")
+            p.add_argument("--eval", action="append", default=[],
+                           help="only this eval (repeatable; one of those listed below)")
+            p.add_argument("--sae", action="append", default=[], help=_sae_help("only this SAE (repeatable)"))
 
     cal = sub.add_parser("calibrate", help="set BatchTopK-family thresholds of finished SAEs so mean L0 = k on the cache",
                          description="Re-calibrate the inference threshold of finished BatchTopK, Matryoshka (and "
@@ -209,18 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "the threshold that keeps the k x N largest pre-activations of N cache rows, checked "
                          "on N disjoint rows. Atomic and idempotent; the record goes into sae_meta.json.")
     cal.add_argument("--run-dir", required=True, type=Path)
-    cal.add_argument("--sae", action="append", default=[], help="only this SAE (repeatable; default: every "
-                     "BatchTopK-family SAE of the run)")
-    cal.add_argument("--rows", type=int, help="calibration rows (default: the SAE's "
-                     "train.options.batchtopk.calibration_rows, 32768)")
+    cal.add_argument("--sae", action="append", default=[], help=_sae_help(
+        "only this SAE (repeatable; default: every BatchTopK-family SAE of the run)"))
+    cal.add_listing_argument("--rows", type=int, help_from=lambda: (
+        f"calibration rows (default: the SAE's train.options.batchtopk.calibration_rows, {_default_calibration_rows()})"))
     cal.set_defaults(func=cmd_calibrate)
 
     cmp = sub.add_parser("compare", help="mean ± std per trainer and seed-paired differences to a baseline")
     cmp.add_argument("--run-dir", required=True, type=Path)
-    cmp.add_argument("--baseline", default="topk", help="trainer the others are compared with (default topk)")
-    cmp.add_argument("--eval", help="only this eval's metrics")
+    cmp.add_listing_argument("--baseline", default="topk", help_from=lambda: (
+        f"trainer the others are compared with (default: %(default)s); trainer recipes: {_trainer_names()}"))
+    cmp.add_listing_argument("--eval", help_from=lambda: f"only this eval's metrics; evals: {_eval_names()}")
     cmp.add_argument("--metric", action="append", default=[], help="only this metric (repeatable)")
-    cmp.add_argument("--trainer", action="append", default=[], help="only these trainers, in this order")
+    cmp.add_listing_argument("--trainer", action="append", default=[], help_from=lambda: (
+        f"only these trainers, in this order (repeatable); trainer recipes: {_trainer_names()}"))
     cmp.set_defaults(func=cmd_compare)
 
     md = sub.add_parser("results-md", help="write RESULTS.md from results tables (no hand-typed numbers)")

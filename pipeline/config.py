@@ -1,23 +1,27 @@
 """Run configuration: dataclasses with one docstring per field, validated on construction.
 
-A run is described by one :class:`RunConfig`, built from a named preset (``demo``, ``pythia70m``,
-``tiny``) and optionally overridden from a JSON/YAML file or ``key.path=value`` pairs.  The resolved
-config is saved as ``config.json`` beside every artifact so any result can be traced back to it.
+A run is described by one :class:`RunConfig`, built from a named preset (:data:`PRESETS`) and
+optionally overridden from a JSON/YAML file or ``key.path=value`` pairs.  Every value is read as its
+field's declared type before the dataclasses are built (see :func:`coerce`), so ``lr: 1e-3`` in a
+YAML file is a float and ``--set train.k=abc`` is one error line.  The resolved config is saved as
+``config.json`` beside every artifact so any result can be traced back to it.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Callable, Union, get_args, get_origin, get_type_hints
 
 from eval.config import EvalConfig
 from fc_base.errors import ConfigError  # noqa: F401  (re-exported: the error every config raises)
 from fc_base.errors import check as _check
 from fc_base.io import write_text_atomic
 from fc_base.torch_utils import DTYPES
+from pipeline.models import SOURCES
 from trainers.config import SweepPoint, TrainConfig
 
 
@@ -76,10 +80,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "model.name must not be empty")
-        _check(self.source in ("auto", "tiny-random"),
-               f"model.source must be auto or tiny-random, got {self.source!r}")
+        _check(self.source in SOURCES, f"model.source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         _check(self.layer >= 0, f"model.layer must be >= 0, got {self.layer}")
-        _check(self.dtype in DTYPES, f"model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        _check(self.dtype in DTYPES, f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.synthetic_config or self.is_synthetic:
             from pipeline.synthetic_models import synthetic_config
 
@@ -148,8 +151,8 @@ class HarvestConfig:
         _check(self.batch_size > 0, f"harvest.batch_size must be > 0, got {self.batch_size}")
         _check(self.chunk_rows > 0 and self.shard_rows % self.chunk_rows == 0,
                f"harvest.chunk_rows ({self.chunk_rows}) must be > 0 and divide harvest.shard_rows ({self.shard_rows})")
-        _check(self.store_dtype in ("bfloat16", "float16", "float32"),
-               f"harvest.store_dtype must be bfloat16, float16 or float32, got {self.store_dtype!r}")
+        _check(self.store_dtype in DTYPES,
+               f"harvest.store_dtype must be one of {', '.join(DTYPES)}, got {self.store_dtype!r}")
         _check(self.shuffle_buffer_shards >= 1, "harvest.shuffle_buffer_shards must be >= 1")
         _check(self.n_workers >= 1, "harvest.n_workers must be >= 1")
 
@@ -217,8 +220,12 @@ def _rederive_hook(base: dict, model_over: dict) -> None:
 
 def _moved_hook(model: dict, layer: Any) -> str:
     hook = str(model.get("hook", ""))
-    if not isinstance(layer, int) or hook == SYNTHETIC_HOOK:
-        return ""  # ModelConfig validates the layer and derives the default
+    try:
+        layer = coerce(layer, int, "model.layer")
+    except ConfigError:
+        return ""  # building ModelConfig names the bad layer
+    if hook == SYNTHETIC_HOOK:
+        return ""  # ModelConfig derives the default
     return hook_for_layer(hook, layer)
 
 
@@ -233,9 +240,11 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def _build(cls, data: Any, prefix: str):
-    """Build a (nested) dataclass from a dict, rejecting unknown keys with the full dotted path."""
+    """Build a (nested) dataclass from a dict, rejecting unknown keys with the full dotted path and
+    reading every value as its field's declared type."""
+    data = _decoded(data)
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+        raise _type_error(prefix.rstrip(".") or "config", data, "a mapping")
     if hasattr(cls, "upgrade_legacy"):  # earlier config files kept some fields elsewhere
         data = cls.upgrade_legacy(data)
     hints = get_type_hints(cls)
@@ -245,30 +254,202 @@ def _build(cls, data: Any, prefix: str):
         raise ConfigError(f"unknown config field {prefix + unknown[0]!s} (allowed: {', '.join(sorted(names))})")
     kwargs = {}
     for f in fields(cls):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            value = _build(tp, value, f"{prefix}{f.name}.")
-        elif hasattr(cls, "_coerce_field"):
-            value = cls._coerce_field(f.name, value)
-        kwargs[f.name] = value
+        if f.name in data:
+            kwargs[f.name] = _field_value(cls, f.name, hints[f.name], data[f.name], prefix + f.name)
     return cls(**kwargs)
 
 
+def _field_value(cls: type, name: str, tp: Any, value: Any, path: str) -> Any:
+    sections = _option_sections(cls) if name == "options" else None
+    if sections is not None:
+        return _coerce_options(value, sections, path)
+    return coerce(value, tp, path)
+
+
+# ---- field types -------------------------------------------------------------------------
+# YAML 1.1 reads ``1e-3`` as a string and the command line gives only text, so every value is read
+# as its field's declared type before a dataclass is built: a value that cannot be is one line
+# naming the field, raised before any stage starts, not a TypeError deep inside one. Nothing is
+# converted with a loss: 1.5 is not an int, True is not a number, 3 is not a string.
+
+_TRUE_TEXT, _FALSE_TEXT = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_NULL_TEXT = ("null", "none", "~", "")
+
+
+def coerce(value: Any, tp: Any, path: str) -> Any:
+    """``value`` read as type ``tp`` (the declared type of the field at dotted ``path``).
+
+    Text is parsed: ``"1e-3"`` for a float, ``"32"`` (or ``"1e6"``, integral) for an int,
+    true/false/yes/no/on/off/1/0 for a bool, null/none/~ or nothing for None of an optional
+    field, a JSON list or comma-separated items for a list, a JSON object for a mapping or nested
+    config. Ints are read as floats and integral floats as ints; anything else of the wrong type is
+    a :class:`ConfigError` naming ``path``, the value and ``tp``."""
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return value if isinstance(value, tp) else _build(tp, value, path + ".")
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return _coerce_union(value, tp, path)
+    if origin is list:
+        return _coerce_list(value, tp, path)
+    if origin is dict:
+        return _coerce_dict(value, tp, path)
+    reader = _SCALAR_READERS.get(tp)
+    if reader is None:
+        return value  # a type the configs do not use: the dataclass validates it
+    try:
+        return reader(value)
+    except (TypeError, ValueError, OverflowError):
+        raise _type_error(path, value, tp) from None
+
+
+def _read_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return value
+
+
+def _read_int(value: Any) -> int:
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            value = float(text)  # "1e6"; "1.5" and "abc" fail below or here
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(value)
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+def _read_float(value: Any) -> float:
+    if isinstance(value, str):
+        return float(value.strip())
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(value)
+    return float(value)
+
+
+def _read_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in _TRUE_TEXT or text in _FALSE_TEXT:
+        return text in _TRUE_TEXT
+    raise ValueError(value)
+
+
+_SCALAR_READERS: dict[type, Callable[[Any], Any]] = {str: _read_str, int: _read_int, float: _read_float,
+                                                      bool: _read_bool}
+
+
+def _coerce_union(value: Any, tp: Any, path: str) -> Any:
+    arms = [a for a in get_args(tp) if a is not type(None)]
+    if len(arms) < len(get_args(tp)) and _is_null(value, arms):
+        return None
+    if len(arms) == 1:
+        return coerce(value, arms[0], path)  # X | None: X's own (more precise) error
+    for arm in arms:
+        try:
+            return coerce(value, arm, path)
+        except ConfigError:
+            continue
+    raise _type_error(path, value, tp)
+
+
+def _is_null(value: Any, arms: list[Any]) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    # For an optional string only JSON's null is None: "none" or "" may be meant as text.
+    return value.strip().lower() in (("null",) if str in arms else _NULL_TEXT)
+
+
+def _coerce_list(value: Any, tp: Any, path: str) -> list:
+    if isinstance(value, str):
+        text = value.strip()
+        value = _decoded(text) if text.startswith("[") else [v.strip() for v in text.split(",")] if text else []
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise _type_error(path, value, tp)
+    (item_tp,) = get_args(tp) or (Any,)
+    return [coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+
+
+def _coerce_dict(value: Any, tp: Any, path: str) -> dict:
+    value = _decoded(value)
+    if not isinstance(value, dict):
+        raise _type_error(path, value, tp)
+    _, value_tp = get_args(tp) or (str, Any)
+    return {k: coerce(v, value_tp, f"{path}.{k}") for k, v in value.items()}
+
+
+def _decoded(value: Any) -> Any:
+    """Text holding a JSON list or object decoded (how ``--set`` gives one), anything else unchanged."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value  # the caller names the field and what it wanted
+    return value
+
+
+def _type_error(path: str, value: Any, tp: Any) -> ConfigError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return ConfigError(f"{path} must be {_type_name(tp)}, got {shown}")
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, str):
+        return tp  # already a description ("a mapping")
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def _option_sections(cls: type) -> dict[str, type] | None:
+    """The option groups (section -> options dataclass) a config class's ``options`` field holds."""
+    if cls is EvalConfig:
+        from eval.spec import option_sections
+
+        return option_sections()
+    if cls in (TrainConfig, SweepPoint):
+        from trainers.recipe import option_sections
+
+        return option_sections()
+    return None
+
+
+def _coerce_options(value: Any, sections: dict[str, type], path: str) -> Any:
+    """Each option group's fields read as its options dataclass declares them. Unknown sections and
+    fields are left as they are: building the config names them with what is allowed."""
+    value = _decoded(value)
+    if not isinstance(value, dict):
+        return value
+    return {name: _coerce_group(group, sections.get(name), f"{path}.{name}") for name, group in value.items()}
+
+
+def _coerce_group(group: Any, cls: type | None, path: str) -> Any:
+    group = _decoded(group)
+    if cls is None or not isinstance(group, dict):
+        return group
+    hints = get_type_hints(cls)
+    declared = {f.name: hints[f.name] for f in fields(cls)}
+    return {k: coerce(v, declared[k], f"{path}.{k}") if k in declared else v for k, v in group.items()}
+
+
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply ``section.field=value`` strings (value parsed as JSON, else kept as a string)."""
+    """Apply ``section.field=value`` strings; the value is text, read as the field's type
+    (a JSON list or object where the field holds one)."""
     data = cfg.to_dict()
     keys = {item.split("=", 1)[0] for item in overrides}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+        key, value = item.split("=", 1)
         node = data
         parts = key.split(".")
         for p in parts[:-1]:
