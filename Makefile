@@ -6,6 +6,8 @@ PRESET ?= demo
 RUN_DIR ?= runs/$(PRESET)
 CONFIG ?=
 PYTEST_ARGS ?=
+# VERBOSE=1: make run / make eval show Prefect's event stream instead of the progress lines.
+VERBOSE ?=
 
 .PHONY: setup test run eval results down clean-runs
 
@@ -16,10 +18,10 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 run: setup
-	@bash scripts/run.sh full "$(PRESET)" "$(RUN_DIR)" "$(CONFIG)"
+	@VERBOSE="$(VERBOSE)" bash scripts/run.sh full "$(PRESET)" "$(RUN_DIR)" "$(CONFIG)"
 
 eval: setup
-	@bash scripts/run.sh eval "$(PRESET)" "$(RUN_DIR)"
+	@VERBOSE="$(VERBOSE)" bash scripts/run.sh eval "$(PRESET)" "$(RUN_DIR)"
 
 # RESULTS.md from the committed results tables (copy a finished run's results.parquet under results/).
 results: setup

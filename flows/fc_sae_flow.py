@@ -95,15 +95,24 @@ def fc_sae(preset: str = "demo", run_dir: str = "runs/demo", stages: str = "full
             train_task(cfg, run, job.trainer, job.seed, job.point)
             update_progress_artifact(progress, 100.0 * i / len(jobs))
 
-    from pipeline.evaluate import select_saes
+    from pipeline.evaluate import eval_progress, select_saes, task_note
+    from pipeline.stages import report_progress
 
     saes = select_saes(run, None)  # every finished SAE; raises clearly when there is none
-    futures = [eval_task.submit(cfg, run, sae, ev) for sae in saes for ev in cfg.eval.evals]
-    for fut in futures:
-        fut.wait()  # a failed eval is recorded as rows with status "failed"; the others still land
-    results = aggregate_task(cfg, run)
-    report = report_task(cfg, run)
-    _publish_results(run)
+    pairs = [(sae, ev) for sae in saes for ev in cfg.eval.evals]
+    futures = [eval_task.submit(cfg, run, sae, ev) for sae, ev in pairs]
+    with eval_progress(run, len(futures)) as bar:
+        for (sae, ev), fut in zip(pairs, futures):
+            bar.note(task_note(sae, ev))  # tasks start in submission order: the first unfinished one runs
+            fut.wait()  # a failed eval is recorded as rows with status "failed"; the others still land
+            bar.update(1)
+        bar.note("")
+    with report_progress(run, steps=2) as bar:
+        results = aggregate_task(cfg, run)
+        bar.update(1)
+        report = report_task(cfg, run)
+        _publish_results(run)
+        bar.update(1)
     logger.info("results: %s  report: %s", results, report)
     return str(results)
 

@@ -16,12 +16,11 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
 from eval.config import LEGACY_FIELDS
 from eval.results import aggregate_tasks, make_rows, package_versions, read_task, task_path, write_task
 from eval.spec import EvalInputs, EvalSpec, get_eval
 from fc_base.errors import ConfigError
+from fc_base.progress import run_scope, stage_progress
 from fc_base.sae_folder import META_FILE, SAES_DIR, SAEMeta, list_sae_folders
 from fc_base.torch_utils import resolve_device, torch_dtype
 from pipeline.config import RunConfig
@@ -191,7 +190,8 @@ def run_eval_task(cfg: RunConfig, run_dir: str | Path, sae_name: str, eval_name:
         rows = make_rows(run_dir, meta, eval_name, {}, status="skipped", error=reason, eval_config=settings)
         return write_task(path, rows)
     try:
-        with _COMPUTE_LOCK:
+        # The scope lets a long step inside the eval (the absorption probe) write its own progress record.
+        with _COMPUTE_LOCK, run_scope(run_dir):
             start = time.monotonic()
             metrics, details = _compute(spec, cfg, run_dir, sae_folder, meta, synthetic_hash)
     except Exception as e:  # one eval's failure must not stop the others
@@ -237,6 +237,20 @@ def evaluate(cfg: RunConfig, run_dir: str | Path, evals: list[str] | None = None
     # Eval-major order: the shared artifacts of an eval (probe, activations) are built by the first SAE
     # and stay warm for the others.
     tasks = [(sae, ev) for ev in chosen for sae in names]
-    for sae, ev in tqdm(tasks, desc="eval tasks", unit="task"):
-        run_eval_task(cfg, run_dir, sae, ev, force=force)
+    with eval_progress(run_dir, len(tasks), bar=True) as bar:
+        for sae, ev in tasks:
+            bar.note(task_note(sae, ev))
+            run_eval_task(cfg, run_dir, sae, ev, force=force)
+            bar.update(1)
+        bar.note("")
     return aggregate(cfg, run_dir)
+
+
+def eval_progress(run_dir: Path, n_tasks: int, *, bar: bool = False):
+    """The eval stage's progress record (``fc_base.progress``): tasks done of ``n_tasks``."""
+    return stage_progress("eval", n_tasks, "task", run_dir=run_dir, label="eval", bar=bar)
+
+
+def task_note(sae: str, eval_name: str) -> str:
+    """The running task as the eval line names it."""
+    return f"{eval_name} · {sae}"

@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,7 @@ from cache_tools.errors import StoreError
 from cache_tools.layout import LAYOUT_ATTR, MANIFEST_NAME, StoreSpec, read_group_attrs
 from cache_tools.manifest import Manifest
 from cache_tools.writer import IDENTITY_ATTR, StoreWriter
+from fc_base.progress import StageProgress, mark_on_disk, stage_progress
 from fc_base.torch_utils import slow_cpu_low_precision
 from pipeline.config import HOOK_RESID_POST, RunConfig
 from pipeline.harvest_dask import harvest_groups_dask
@@ -162,6 +164,7 @@ def harvest(cfg: RunConfig, run_dir: str | Path, *, client=None, progress: bool 
     root = Path(run_dir) / CACHE_DIR
     check_hook(cfg)  # a hook the model does not have fails here, before anything is written
     if _existing_store_state(root, content_identity(cfg)):
+        mark_on_disk(run_dir, "harvest", unit=_unit(cfg))
         return root
     slow = slow_cpu_low_precision(cfg.model.dtype, cfg.model.device)
     if slow:
@@ -185,15 +188,49 @@ def _exclusive_harvest_lock(run_dir: Path):
 
 def _harvest_locked(cfg: RunConfig, run_dir: str | Path, root: Path, *, client, progress: bool) -> Path:
     prep = prepare_harvest(cfg, run_dir)
-    if client is not None or cfg.harvest.n_workers > 1:
-        harvest_groups_dask(cfg, root, prep.groups, client=client, total_rows=prep.rows_to_compute,
-                            progress=progress)
-    else:
-        with open_group_harvester(cfg, root, tokenizer=prep.tokenizer) as worker:
-            worker.run(prep.groups, progress=progress, total_rows=prep.rows_to_compute)
-    if not prep.writer.is_complete():
-        raise HarvestError(f"harvest finished but {root} still misses shards {prep.writer.missing_shards()[:8]}")
+    fan_out = client is not None or cfg.harvest.n_workers > 1
+    # The Dask fan-out draws its own bar on stderr; there the record follows the manifest.
+    with stage_progress("harvest", prep.rows_to_compute, _unit(cfg), run_dir=run_dir, bar=progress and not fan_out,
+                        unit_scale=True) as bar:
+        if fan_out:
+            with _manifest_progress(root, bar):
+                harvest_groups_dask(cfg, root, prep.groups, client=client, total_rows=prep.rows_to_compute,
+                                    progress=progress)
+        else:
+            with open_group_harvester(cfg, root, tokenizer=prep.tokenizer) as worker:
+                for g in prep.groups:  # GroupHarvester.run's loop, with the record as its bar
+                    worker.run_group(g, bar)
+        if not prep.writer.is_complete():
+            raise HarvestError(f"harvest finished but {root} still misses shards {prep.writer.missing_shards()[:8]}")
     return root
+
+
+def _unit(cfg: RunConfig) -> str:
+    return "row" if cfg.model.is_synthetic else "tok"
+
+
+@contextlib.contextmanager
+def _manifest_progress(root: Path, bar: StageProgress, interval_s: float = 1.0):
+    """Keep ``bar`` at the rows the manifest lists as written (polled in a thread) while the body runs."""
+    manifest = Manifest(root / MANIFEST_NAME)
+    before = sum(r.rows for r in manifest.load().values())
+    stop = threading.Event()
+
+    def sync() -> None:
+        bar.set(sum(r.rows for r in manifest.load().values()) - before)
+
+    def poll() -> None:
+        while not stop.wait(interval_s):
+            sync()
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        sync()
 
 
 def _model_config(cfg: RunConfig):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fc_base.progress import StageProgress, stage_progress
 from pipeline.config import RunConfig
 from pipeline.rundir import prepare_run_dir
 
@@ -22,4 +23,12 @@ def run_all(cfg: RunConfig, run_dir: str | Path) -> Path:
     harvest(cfg, run_dir)
     train(cfg, run_dir)
     evaluate(cfg, run_dir)
-    return report(cfg, run_dir)
+    with report_progress(run_dir, steps=1) as bar:
+        path = report(cfg, run_dir)
+        bar.update(1)
+    return path
+
+
+def report_progress(run_dir: str | Path, steps: int) -> StageProgress:
+    """The report stage's progress record: ``steps`` of aggregating and writing the report."""
+    return stage_progress("report", steps, "step", run_dir=run_dir, label="report")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fc_base.progress import mark_on_disk, run_scope, stage_progress
 from fc_base.sae_folder import SAES_DIR, is_complete, sae_name
 from pipeline.config import RunConfig
 from trainers.config import TrainJob
@@ -66,9 +67,25 @@ def train(cfg: RunConfig, run_dir: str | Path, trainer: str | None = None, seed:
     plan = planned_saes(cfg, trainer, seed, point)
     out_dirs = [run_dir / SAES_DIR / sae_name(j.trainer, j.seed, j.point) for j in plan]
     todo = [(j, d) for j, d in zip(plan, out_dirs) if not is_complete(d)]
+    pending = {d for _, d in todo}
+    for out_dir in out_dirs:
+        if out_dir not in pending:
+            mark_on_disk(run_dir, f"train.{out_dir.name}", label=f"train {out_dir.name}", unit="step")
     if todo:
         source = source if source is not None else open_activations(run_dir)
         info = model_info(cfg)
-        for job, out_dir in todo:
-            train_sae(source, cfg.train.at_point(job.point), job.trainer, job.seed, out_dir, info, progress=progress)
+        with run_scope(run_dir):  # the loop writes each SAE's progress record here
+            for job, out_dir in todo:
+                _train_one(source, cfg, job, out_dir, info, progress)
     return out_dirs
+
+
+def _train_one(source: ActivationSource, cfg: RunConfig, job: TrainJob, out_dir: Path, info: ModelInfo,
+               progress: bool) -> None:
+    train_cfg = cfg.train.at_point(job.point)
+    if get_recipe(job.trainer).train is None:
+        train_sae(source, train_cfg, job.trainer, job.seed, out_dir, info, progress=progress)
+        return
+    # A recipe with a loop of its own (SAELens's trainer) reports no steps: its line shows elapsed time.
+    with stage_progress(f"train.{out_dir.name}", label=f"train {out_dir.name}", unit="step"):
+        train_sae(source, train_cfg, job.trainer, job.seed, out_dir, info, progress=progress)

@@ -1,21 +1,37 @@
 #!/usr/bin/env bash
 # make run / make eval: start (if needed) a local Prefect server and the fc-sae runner in the
-# background, trigger `prefect deployment run fc-sae/<MODE>`, wait, and print the results.
-# Usage: scripts/run.sh full|eval PRESET RUN_DIR [CONFIG_FILE]
+# background, trigger `prefect deployment run fc-sae/<MODE>`, draw one progress line per stage
+# until the flow run ends (python -m pipeline.progress), then print the closing summary.
+# Usage: [VERBOSE=1] scripts/run.sh full|eval PRESET RUN_DIR [CONFIG_FILE]
 # CONFIG_FILE (JSON/YAML, may name a preset and override fields) replaces PRESET for a full run.
+# Prefect's event stream goes to .prefect/flow-run.log; VERBOSE=1 (or FC_SAE_VERBOSE=1) shows it here
+# instead of the progress lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-full}; PRESET=${2:-demo}; RUN_DIR=${3:-runs/$PRESET}; CONFIG_FILE=${4:-}
+VERBOSE=${VERBOSE:-${FC_SAE_VERBOSE:-}}
+[ "$VERBOSE" = 0 ] && VERBOSE=
+BIN=.venv/bin
+STATE=.prefect
+LOG=$STATE/flow-run.log
+TARGET=$([ "$MODE" = eval ] && echo eval || echo run)
+if [ -n "$VERBOSE" ]; then
+  echo "run: Prefect's event stream is shown here and kept in $LOG; the runner's output is in $STATE/runner.log"
+else
+  echo "run: Prefect's event stream goes to $LOG, the runner's output to $STATE/runner.log (make $TARGET VERBOSE=1 shows the stream here)"
+fi
+case "$MODE" in full|eval) ;; *) echo "run: mode must be full or eval, got '$MODE'" >&2; exit 2 ;; esac
 abspath() { python3 -c 'import os,sys;print(os.path.abspath(sys.argv[1]))' "$1"; }
 RUN_DIR=$(abspath "$RUN_DIR")
+if [ "$MODE" = eval ] && [ ! -f "$RUN_DIR/config.json" ]; then
+  echo "run: $RUN_DIR has no config.json: run the full pipeline first (make run RUN_DIR=...)" >&2; exit 2
+fi
 CONFIG_PARAM=()
 if [ -n "$CONFIG_FILE" ]; then
   [ -f "$CONFIG_FILE" ] || { echo "run: config file $CONFIG_FILE does not exist" >&2; exit 2; }
   CONFIG_PARAM=(--param "config_file=$(abspath "$CONFIG_FILE")")
 fi
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
-BIN=.venv/bin
-STATE=.prefect
 mkdir -p "$STATE"
 API=http://127.0.0.1:4200/api
 
@@ -29,8 +45,9 @@ if ! curl -sf "$API/health" >/dev/null 2>&1; then
   curl -sf "$API/health" >/dev/null || { echo "run: the Prefect server did not start; see $STATE/server.log" >&2; exit 1; }
 fi
 
-# The runner must be restarted when the flow code changed (Prefect fixes parameters at serve time).
-code_stamp=$(cat flows/*.py | sha256sum | cut -c1-16)
+# The runner must be restarted when the code changed: Prefect fixes parameters at serve time, and the
+# runner keeps the stage modules it imported (the progress records come from them).
+code_stamp=$(cat flows/*.py pipeline/*.py trainers/*.py eval/*.py cache_tools/*.py fc_base/*.py | sha256sum | cut -c1-16)
 if alive "$STATE/runner.pid" && [ "$(cat "$STATE/runner.stamp" 2>/dev/null)" != "$code_stamp" ]; then
   kill -- -"$(cat "$STATE/runner.pid")" 2>/dev/null || kill "$(cat "$STATE/runner.pid")" 2>/dev/null || true
   sleep 2
@@ -49,9 +66,23 @@ fi
 
 echo "run: prefect deployment run fc-sae/$MODE (preset $PRESET${CONFIG_FILE:+, config $CONFIG_FILE}, run dir $RUN_DIR)"
 start=$(date +%s)
-"$BIN/prefect" deployment run "fc-sae/$MODE" --param "preset=$PRESET" --param "run_dir=$RUN_DIR" ${CONFIG_PARAM[@]+"${CONFIG_PARAM[@]}"} --watch
+RUN=("$BIN/prefect" deployment run "fc-sae/$MODE" --param "preset=$PRESET" --param "run_dir=$RUN_DIR"
+     ${CONFIG_PARAM[@]+"${CONFIG_PARAM[@]}"} --watch)
+: >"$LOG"
+set +e
+if [ -n "$VERBOSE" ]; then
+  "${RUN[@]}" 2>&1 | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}
+else
+  "$BIN/python" -m pipeline.progress watch "$RUN_DIR" --log "$LOG" --since "$start" -- "${RUN[@]}"
+  rc=$?
+fi
+set -e
+if [ "$rc" -ne 0 ]; then
+  echo "run: the flow run failed after $(( $(date +%s) - start )) s (exit $rc); the stream: $LOG, the error: $STATE/runner.log" >&2
+  grep -E "^[A-Za-z_.]+(Error|Exception)|Finished in state|Flow run finished" "$STATE/runner.log" "$LOG" 2>/dev/null | tail -n 3 >&2 || true
+  exit "$rc"
+fi
 echo "run: finished in $(( $(date +%s) - start )) s"
-"$BIN/fc-sae" results --run-dir "$RUN_DIR"
-echo "results table: $RUN_DIR/results.parquet   (pandas: pd.read_parquet('$RUN_DIR/results.parquet'))"
-echo "report:        $RUN_DIR/report/index.html"
+"$BIN/python" -m pipeline.progress summary "$RUN_DIR" --since "$start"
 echo "Prefect UI:    http://127.0.0.1:4200   (stop everything with: make down)"

@@ -24,10 +24,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from fc_base import sae_folder as folder_schema
 from fc_base.io import write_json_atomic, write_parquet_atomic
+from fc_base.progress import stage_progress
 from fc_base.sae_folder import SAEMeta
 from fc_base.torch_utils import resolve_device as _resolve_device_name
 from fc_base.torch_utils import slow_cpu_low_precision
@@ -281,8 +281,9 @@ def _train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: i
     total = cfg.total_steps
     steps_per_epoch = source.n_rows // cfg.batch_size
     batches = None
-    bar = tqdm(total=total, initial=run.step, desc=out_dir.name, disable=not progress, unit="step")
-    with open(log_path, "a") as log_file:
+    # The bar on stderr, and the run's progress record when the caller opened a fc_base.progress.run_scope.
+    with stage_progress(f"train.{out_dir.name}", total, "step", label=f"train {out_dir.name}", initial=run.step,
+                        bar=progress) as bar, open(log_path, "a") as log_file:
         while run.step < total:
             if batches is None or run.step % steps_per_epoch == 0:
                 batches = source.iter_batches(cfg.batch_size, seed=seed, epoch=run.step // steps_per_epoch,
@@ -294,8 +295,8 @@ def _train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: i
             _maintain(run)
             _checkpoint(run, out_dir, on_checkpoint)
             bar.update(1)
-    bar.close()
-    return _export(run, source, out_dir, info)
+        bar.note("export")  # the threshold calibration and the files count toward this SAE's time
+        return _export(run, source, out_dir, info)
 
 
 def _setup(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: int, out_dir: Path) -> tuple[_Run, Path]:
