@@ -260,6 +260,8 @@ def _build(cls, data: Any, prefix: str):
 
 
 def _field_value(cls: type, name: str, tp: Any, value: Any, path: str) -> Any:
+    """``value`` read as field ``name`` of ``cls``; an ``options`` field holds typed option groups
+    although it is declared ``dict[str, Any]``."""
     sections = _option_sections(cls) if name == "options" else None
     if sections is not None:
         return _coerce_options(value, sections, path)
