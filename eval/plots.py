@@ -111,7 +111,8 @@ def detection_bars(table: pd.DataFrame, out: Path) -> Path | None:
     stats = ok.groupby(["name", "trainer"])["value"].agg(["mean", "std"]).reset_index()
     names = sorted(stats["name"].unique())
     trainers = sorted(stats["trainer"].unique())[:6]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(names) * max(1, len(trainers)) / 2), 4.0))
+    # at most 12 inches wide: a wider figure, scaled down to the page, would leave the bars a sliver high
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.0, 0.5 * len(names) * max(1, len(trainers)) / 2)), 4.0))
     width = 0.8 / len(trainers)
     x = np.arange(len(names))
     for i, trainer in enumerate(trainers):
@@ -244,50 +245,135 @@ def summary_bars(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = SUMM
 
 
 FRONTIER_METRICS = ("absorption:mean_absorption_fraction_score", "absorption:mean_full_absorption_score",
-                    "core:ce_loss_score", "core:explained_variance_legacy")
+                    "core:explained_variance_legacy", "core:ce_loss_score")
+"""SAE-Bench's frontier panels, in its order. Explained variance is the headline one of eval/headline.py
+(the legacy definition): sae-bench's raw ``explained_variance`` reads ~1 for every SAE on Gemma."""
+SYNTHETIC_FRONTIER_METRICS = ("synthetic:absorption_rate", "synthetic:fully_absorbed_fraction",
+                              "synthetic:explained_variance", "synthetic:f1")
+"""The panels of a synthetic run, which has no sae-bench evals."""
+L0_EVALS = ("core", "synthetic")
+"""Evals whose ``l0`` row is the SAE's measured L0, in order of preference."""
 
 
-def frontier(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = FRONTIER_METRICS,
-             baseline: str = "topk") -> Path | None:
-    """Each metric against L0, one line per trainer: mean over seeds, error bars = seed std (thick)
-    and eval noise (thin, black). The x position is the L0 the core eval measured (mean over seeds)
-    where there is one, else the target k: BatchTopK-style SAEs run below their k at inference, and
-    an equal-L0 comparison must read them where they really are. Needs at least two L0 targets."""
+def measured_l0(table: pd.DataFrame) -> pd.DataFrame:
+    """Per SAE (trainer, L0 point k, seed) the L0 an eval measured on held-out tokens: the core
+    eval's, else the synthetic eval's (column ``l0``).
+
+    BatchTopK and Matryoshka SAEs fire a different number of latents at inference than their k, so a
+    frontier must place them where they really are."""
+    ok = with_l0_point(table[(table["status"] == "ok") & (table["metric"] == "l0")])
+    per_eval = ok.pivot_table(index=["trainer", "k", "seed"], columns="eval", values="value", aggfunc="first")
+    l0 = pd.Series(math.nan, index=per_eval.index, dtype="float64")
+    for ev in reversed(L0_EVALS):  # the preferred eval last, so its value wins
+        if ev in per_eval:
+            l0 = per_eval[ev].combine_first(l0)
+    return l0.rename("l0").reset_index()
+
+
+def frontier_data(table: pd.DataFrame, metrics: tuple[str, ...] = FRONTIER_METRICS) -> pd.DataFrame:
+    """One row per (metric name, trainer, L0 point k): the mean over seeds (``mean``), the seed std
+    (``std``), the mean of the SAEs' own eval noise (``eval_std``, NaN where the eval reports none),
+    and the x position: the measured L0, mean and std over the trainer's seeds at that point (``l0``,
+    ``l0_std``; ``l0_measured`` False where no eval measured it and ``l0`` is the target k)."""
     stats = _spread(table, metrics)
-    stats = stats[stats["k"] >= 0] if not stats.empty else stats
-    if stats.empty or stats["k"].nunique() < 2:
+    if stats.empty:
+        return stats
+    stats = stats[stats["k"] >= 0]
+    x = measured_l0(table).groupby(["trainer", "k"])["l0"].agg(l0="mean", l0_std="std").reset_index()
+    stats = stats.merge(x, on=["trainer", "k"], how="left")
+    measured = stats["l0"].notna()
+    return stats.assign(l0=stats["l0"].where(measured, stats["k"].astype(float)), l0_measured=measured)
+
+
+def _dodge(points: pd.DataFrame, order: list[str]) -> pd.Series:
+    """x factor per row: points of different trainers within 1.4% of each other in L0 (TopK variants
+    all sit exactly at k) are spread over at most +-4%, so no point hides another."""
+    cluster = (np.log2(points["l0"]) * 50).round()
+    rank = points["trainer"].map({t: i for i, t in enumerate(order)})
+    within = rank.groupby(cluster).rank(method="first") - 1
+    size = cluster.map(cluster.value_counts())
+    step = np.minimum(0.015, 0.12 / np.maximum(size - 1, 1))  # in log2 units: 9 trainers span +-0.06
+    return 2.0 ** (step * (within - (size - 1) / 2))
+
+
+def _panel_title(name: str) -> str:
+    """'absorption fraction ↓': the headline label and direction of an eval:metric name."""
+    from eval.headline import ARROWS, HEADLINES
+
+    labels = {f"{h.eval}:{h.metric}": f"{h.label} {ARROWS[h.direction]}".strip() for h in HEADLINES}
+    return labels.get(name, name.split(":")[1])
+
+
+def _frontier_axis(ax, part: pd.DataFrame) -> bool:
+    """Log2 L0 axis over a wide range of L0 (several targets), linear around one point; True if log."""
+    lo, hi = float(part["l0"].min()), float(part["l0"].max())
+    if hi / lo > 1.5:
+        ax.set_xscale("log", base=2)
+        ticks = [2 ** e for e in range(math.floor(math.log2(lo)), math.ceil(math.log2(hi)) + 1)]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlim(lo / 1.25, hi * 1.25)
+        return True
+    pad = max(0.3 * (hi - lo), 0.015 * hi)  # equal-L0 SAEs: the axis still shows how close they are
+    ax.set_xlim(lo - pad, hi + pad)
+    return False
+
+
+def frontier(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] | None = None,
+             baseline: str = "topk") -> Path | None:
+    """SAE-Bench-style frontier: each metric against the measured L0 (:func:`frontier_data`), one line
+    per trainer through its L0 points. Error bars: the seed std, wide and light in the line's colour (in
+    y, and in x for the L0 itself), and the eval's own noise, thin and black. Default panels: sae-bench's
+    (:data:`FRONTIER_METRICS`), or the synthetic eval's in a run without them."""
+    stats = frontier_data(table, metrics or FRONTIER_METRICS)
+    if stats.empty and metrics is None:
+        stats = frontier_data(table, SYNTHETIC_FRONTIER_METRICS)
+    if stats.empty:
         return None
-    ok = table[(table["status"] == "ok") & (table["metric"] == "l0")] if "status" in table else table.iloc[:0]
-    ok = with_l0_point(ok)
-    measured = ok.groupby(["trainer", "k"])["value"].mean().to_dict()
-    stats = stats.assign(x=[measured.get((t, k), float(k)) for t, k in zip(stats["trainer"], stats["k"])])
-    names = [m for m in metrics if m in set(stats["name"])]
+    names = [m for m in (metrics or FRONTIER_METRICS + SYNTHETIC_FRONTIER_METRICS) if m in set(stats["name"])]
     trainers = sorted(set(stats["trainer"]), key=lambda t: (t != baseline, t))  # the baseline gets the first colour
     # one colour per trainer (beyond 10 trainers the default cycle would repeat) and one legend below
     # the panels, where it hides no point
     tab20 = plt.get_cmap("tab20")
     palette = [tab20(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]  # the ten strong colours first
     colour = {t: palette[i % len(palette)] for i, t in enumerate(trainers)}
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+    cols = 2 if len(names) > 2 else len(names)
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.3 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
-        part = stats[stats["name"] == name]
-        for i, trainer in enumerate(trainers):
-            line = part[part["trainer"] == trainer].sort_values("x")
-            if line.empty:
-                continue
-            shift = 1 + 0.015 * (i - 2)  # trainers at the same L0 side by side
-            ax.errorbar(line["x"] * shift, line["mean"], yerr=line["std"].fillna(0.0), marker="os^Dv"[i % 5],
-                        markersize=3, linewidth=1, capsize=3, elinewidth=1.5, label=trainer, color=colour[trainer])
-            if line["eval_std"].notna().any():
-                ax.errorbar(line["x"] * shift, line["mean"], yerr=line["eval_std"].fillna(0.0), fmt="none",
-                            ecolor="black", elinewidth=0.8, capsize=0)
-        ax.set_xscale("log", base=2)
-        ks = sorted(part["k"].unique())
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set(xlabel="L0 (measured)" if measured else "L0 (k)", title=name.split(":")[1])
+        _frontier_panel(ax, stats[stats["name"] == name], trainers, colour)
+        ax.set_title(_panel_title(name), fontsize=10)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7, frameon=False)
-    return _save(fig, out, rect=(0, 0.07 * math.ceil(len(labels) / 6) + 0.02, 1, 1))
+    handles += [plt.Line2D([], [], color="grey", alpha=0.45, linewidth=4),
+                plt.Line2D([], [], color="black", linewidth=0.8)]
+    labels += ["seed std (wide, light, the trainer's colour)", "eval noise (thin, black)"]
+    ncol = min(len(labels), 4)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    legend_inches = 0.2 * math.ceil(len(labels) / ncol) + 0.1
+    return _save(fig, out, rect=(0, legend_inches / fig.get_figheight(), 1, 1))
+
+
+def _frontier_panel(ax, part: pd.DataFrame, trainers: list[str], colour: dict) -> None:
+    """One metric: a line per trainer through its L0 points, with seed and eval-noise error bars."""
+    log_axis = _frontier_axis(ax, part)
+    part = part.assign(x=part["l0"] * (_dodge(part, trainers) if log_axis else 1.0))
+    for i, trainer in enumerate(trainers):
+        line = part[part["trainer"] == trainer].sort_values("l0")
+        if line.empty:
+            continue
+        bars = ax.errorbar(line["x"], line["mean"], yerr=line["std"].fillna(0.0), xerr=line["l0_std"].fillna(0.0),
+                           marker="os^Dv"[i % 5], markersize=4, linewidth=1, capsize=3, elinewidth=4,
+                           label=trainer, color=colour[trainer])
+        for part_of_bar in (*bars[1], *bars[2]):  # light seed bars: the black eval-noise bar shows on top
+            part_of_bar.set_alpha(0.45)
+        if line["eval_std"].notna().any():
+            ax.errorbar(line["x"], line["mean"], yerr=line["eval_std"].fillna(0.0), fmt="none",
+                        ecolor="black", elinewidth=0.8, capsize=0, zorder=3)
+    measured = bool(part["l0_measured"].all())
+    ax.set_xlabel("measured L0 (mean over seeds)" if measured else "L0 (measured; the target k where not)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
 
 
 def training_curves(sae_dirs: list[Path], out: Path) -> Path | None:

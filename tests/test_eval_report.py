@@ -58,3 +58,10 @@ def test_report_lists_skipped_evals(report_page):
     _, page_path = report_page
     page = page_path.read_text()
     assert 'id="not-evaluated"' in page and "scr" in page and "skipped" in page
+
+
+def test_report_leads_with_the_frontier_and_keeps_the_folder_plots(report_page):
+    _, page_path = report_page
+    page = page_path.read_text()
+    assert page.index('src="frontier.png"') < page.index("<h2>Verdict</h2>") < page.index("<table")
+    assert "skipped: only the results table is here" not in page  # the SAE folders are there
