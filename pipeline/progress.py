@@ -29,6 +29,7 @@ from fc_base.progress import DONE, FAILED, ON_DISK, ProgressRecord, read_records
 import pipeline  # noqa: F401  (environment first)
 
 POLL_S = 0.5
+LABEL_WIDTH = 20
 BASELINE = "topk"
 """The trainer listed first (the report's default baseline)."""
 STAGE_ORDER = ("harvest", "train", "eval", "report")
@@ -70,15 +71,18 @@ def render(records: list[ProgressRecord], now: float, width: int = 100) -> list[
     """The lines of ``records`` (in their order), labels padded to one column."""
     parents = {r.key for r in records}
     labels = [_label(r, parents) for r in records]
-    pad = max((len(s) for s in labels), default=0)
+    # A floor on the label column keeps lines printed at different times aligned in the usual case.
+    pad = max([LABEL_WIDTH] + [len(s) for s in labels])
     return [stage_line(r, now, width, s.ljust(pad) + " ") for r, s in zip(records, labels)]
 
 
 class LiveView:
     """Draws the records of a run on ``out``: in place on a terminal, as a plain log elsewhere."""
 
-    def __init__(self, out: IO[str], *, tty: bool | None = None, width: int | None = None) -> None:
+    def __init__(self, out: IO[str], *, tty: bool | None = None, width: int | None = None,
+                 since: float | None = None) -> None:
         self.out = out
+        self.since = time.time() if since is None else since
         self.tty = out.isatty() if tty is None else tty
         self.width = width
         self._live = 0  # lines of the block now on screen (the running stages)
@@ -90,21 +94,21 @@ class LiveView:
 
     def draw(self, records: list[ProgressRecord], now: float | None = None, *, final: bool = False) -> None:
         """Show ``records``; ``final``: the command has exited, every line is printed for good."""
-        lines = dict(zip((r.key for r in records), render(records, time.time() if now is None else now,
-                                                          self._width())))
+        now = time.time() if now is None else now
+        lines = dict(zip((r.key for r in records), render(records, now, self._width())))
         ended = [r for r in records if (r.finished or final) and r.key not in self._ended]
         running = [] if final else [r for r in records if not r.finished]
         self._ended.update(r.key for r in ended)
         if self.tty:  # ended lines stay above; the running ones are redrawn below them
             live = [lines[r.key] for r in running]
             if not records and not final:
-                live = ["waiting for the first stage to start"]
+                live = [f"waiting for the first stage to start [{fmt_clock(now - self.since)}]"]
             text = f"\x1b[{self._live}F" if self._live else ""
             text += "".join(line + "\x1b[K\n" for line in [lines[r.key] for r in ended] + live) + "\x1b[J"
             self._live = len(live)
         else:  # a line when a stage starts and one when it ends
             started = [r for r in running if r.key not in self._started]
-            text = "".join(lines[r.key] + "\n" for r in started + ended)
+            text = "".join(lines[r.key] + "\n" for r in ended + started)
         self._started.update(r.key for r in running)
         self.out.write(text)
         self.out.flush()
@@ -116,7 +120,7 @@ def watch(run_dir: Path, command: list[str], log: Path, since: float | None = No
     its exit status."""
     since = time.time() if since is None else since
     log.parent.mkdir(parents=True, exist_ok=True)
-    view = LiveView(out)
+    view = LiveView(out, since=since)
     with open(log, "a") as fh:
         proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT)
         try:
@@ -154,6 +158,13 @@ def stage_times(records: list[ProgressRecord]) -> list[StageTime]:
         items = (top[0].total or 0) if top and stage == "eval" else len(own)
         out.append(StageTime(stage, end - start, items, all(r.status == ON_DISK for r in own)))
     return out
+
+
+def fmt_clock(seconds: float) -> str:
+    """Elapsed time as tqdm writes it (mm:ss, h:mm:ss)."""
+    from tqdm import tqdm
+
+    return tqdm.format_interval(max(0.0, seconds))
 
 
 def fmt_duration(seconds: float) -> str:
@@ -257,9 +268,9 @@ def _run_dir(path: str) -> Path:
 
 
 def cmd_watch(args) -> int:
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    command = args.command
     if not command:
-        raise ValueError("watch needs a command after --")
+        raise ValueError("watch needs the command to run after --")
     run_dir = Path(args.run_dir).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)  # a full run creates it; the records land here
     return watch(run_dir, command, Path(args.log), args.since)
@@ -271,19 +282,25 @@ def cmd_summary(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.progress", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.progress", description=__doc__.split("\n\n")[0],
+                                     usage="%(prog)s watch RUN_DIR --log FILE [--since EPOCH] -- COMMAND [ARG ...]\n"
+                                           "       %(prog)s summary RUN_DIR [--since EPOCH]")
     sub = parser.add_subparsers(required=True)
     p = sub.add_parser("watch", help="run a command and draw the run's stages until it exits")
     p.add_argument("run_dir")
     p.add_argument("--log", required=True, help="file the command's output is appended to")
     p.add_argument("--since", type=float, help="epoch seconds: show only stages started since")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG ...]")
     p.set_defaults(func=cmd_watch)
     p = sub.add_parser("summary", help="wall time per stage, headline metrics and the report's path")
     p.add_argument("run_dir")
     p.add_argument("--since", type=float, help="epoch seconds: time only stages started since")
     p.set_defaults(func=cmd_summary)
-    return run_command("progress", parser.parse_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" is the command to watch, options that look like ours included.
+    command = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.command = command
+    return run_command("progress", args)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,6 @@ BIN=.venv/bin
 STATE=.prefect
 LOG=$STATE/flow-run.log
 TARGET=$([ "$MODE" = eval ] && echo eval || echo run)
-if [ -n "$VERBOSE" ]; then
-  echo "run: Prefect's event stream is shown here and kept in $LOG; the runner's output is in $STATE/runner.log"
-else
-  echo "run: Prefect's event stream goes to $LOG, the runner's output to $STATE/runner.log (make $TARGET VERBOSE=1 shows the stream here)"
-fi
 case "$MODE" in full|eval) ;; *) echo "run: mode must be full or eval, got '$MODE'" >&2; exit 2 ;; esac
 abspath() { python3 -c 'import os,sys;print(os.path.abspath(sys.argv[1]))' "$1"; }
 RUN_DIR=$(abspath "$RUN_DIR")
@@ -30,6 +25,11 @@ CONFIG_PARAM=()
 if [ -n "$CONFIG_FILE" ]; then
   [ -f "$CONFIG_FILE" ] || { echo "run: config file $CONFIG_FILE does not exist" >&2; exit 2; }
   CONFIG_PARAM=(--param "config_file=$(abspath "$CONFIG_FILE")")
+fi
+if [ -n "$VERBOSE" ]; then
+  echo "run: Prefect's event stream is shown here and kept in $LOG; the runner's output is in $STATE/runner.log"
+else
+  echo "run: Prefect's event stream goes to $LOG, the runner's output to $STATE/runner.log (make $TARGET VERBOSE=1 shows the stream here)"
 fi
 export DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 mkdir -p "$STATE"
@@ -49,8 +49,12 @@ fi
 # runner keeps the stage modules it imported (the progress records come from them).
 code_stamp=$(cat flows/*.py pipeline/*.py trainers/*.py eval/*.py cache_tools/*.py fc_base/*.py | sha256sum | cut -c1-16)
 if alive "$STATE/runner.pid" && [ "$(cat "$STATE/runner.stamp" 2>/dev/null)" != "$code_stamp" ]; then
-  kill -- -"$(cat "$STATE/runner.pid")" 2>/dev/null || kill "$(cat "$STATE/runner.pid")" 2>/dev/null || true
-  sleep 2
+  echo "run: restarting the fc-sae runner (the code changed)"
+  pid=$(cat "$STATE/runner.pid")
+  kill -- -"$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+  # Its graceful shutdown takes seconds; a runner still alive here would not be replaced.
+  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -KILL -- -"$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
 fi
 if ! alive "$STATE/runner.pid"; then
   echo "run: starting the fc-sae runner (log: $STATE/runner.log)"
@@ -64,8 +68,10 @@ if ! alive "$STATE/runner.pid"; then
   done
 fi
 
-echo "run: prefect deployment run fc-sae/$MODE (preset $PRESET${CONFIG_FILE:+, config $CONFIG_FILE}, run dir $RUN_DIR)"
+if [ "$MODE" = eval ]; then what="the config in $RUN_DIR/config.json"; else what="preset $PRESET${CONFIG_FILE:+, config $CONFIG_FILE}"; fi
+echo "run: prefect deployment run fc-sae/$MODE ($what, run dir $RUN_DIR)"
 start=$(date +%s)
+runner_log_at=$(wc -c <"$STATE/runner.log" 2>/dev/null || echo 0)  # this flow run's part of the runner's log starts here
 RUN=("$BIN/prefect" deployment run "fc-sae/$MODE" --param "preset=$PRESET" --param "run_dir=$RUN_DIR"
      ${CONFIG_PARAM[@]+"${CONFIG_PARAM[@]}"} --watch)
 : >"$LOG"
@@ -79,8 +85,9 @@ else
 fi
 set -e
 if [ "$rc" -ne 0 ]; then
-  echo "run: the flow run failed after $(( $(date +%s) - start )) s (exit $rc); the stream: $LOG, the error: $STATE/runner.log" >&2
-  grep -E "^[A-Za-z_.]+(Error|Exception)|Finished in state|Flow run finished" "$STATE/runner.log" "$LOG" 2>/dev/null | tail -n 3 >&2 || true
+  echo "run: the flow run failed after $(( $(date +%s) - start )) s (exit $rc); the stream: $LOG, the traceback: $STATE/runner.log" >&2
+  error=$(tail -c +"$((runner_log_at + 1))" "$STATE/runner.log" 2>/dev/null | grep -E "^[A-Za-z_.]+(Error|Exception|Interrupt)\b" | tail -n 1 || true)
+  [ -n "$error" ] && echo "run: $error" >&2
   exit "$rc"
 fi
 echo "run: finished in $(( $(date +%s) - start )) s"

@@ -140,7 +140,8 @@ def test_watch_runs_the_command_into_its_log_and_returns_its_status(tmp_path):
     rc = watch(tmp_path, [sys.executable, "-c", script], tmp_path / "flow-run.log", out=out, poll_s=0.05)
     assert rc == 3
     assert "prefect event stream" in (tmp_path / "flow-run.log").read_text()
-    assert out.getvalue().startswith("harvest 100%") and "10/10" in out.getvalue()
+    words = out.getvalue().splitlines()[-1].split()  # off a terminal: the stage's end line comes last
+    assert words[0] == "harvest" and words[1].startswith("100%") and "10/10" in words and words[-1] == "✓"
 
 
 def _results_table(run_dir):
