@@ -74,10 +74,15 @@ class ProgressRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def record_path(run_dir: str | Path, key: str) -> Path:
+def check_key(key: str) -> str:
+    """``key`` if it can name a record file (letters, digits, '_', '-', '.'); ValueError otherwise."""
     if not _KEY.fullmatch(key):
         raise ValueError(f"progress key {key!r} must be letters, digits, '_', '-' and '.'")
-    return Path(run_dir) / PROGRESS_DIR / f"{key}.json"
+    return key
+
+
+def record_path(run_dir: str | Path, key: str) -> Path:
+    return Path(run_dir) / PROGRESS_DIR / f"{check_key(key)}.json"
 
 
 def read_records(run_dir: str | Path, since: float | None = None) -> list[ProgressRecord]:
@@ -126,9 +131,8 @@ class StageProgress:
 
     def __init__(self, run_dir: str | Path | None, key: str, total: int | None = None, unit: str = "it", *,
                  label: str | None = None, initial: int = 0, bar: bool = False, unit_scale: bool = False) -> None:
+        check_key(key)  # also where nothing is written: a bad key fails alike with or without a run
         self.path = record_path(run_dir, key) if run_dir is not None else None
-        if self.path is None:
-            record_path(".", key)  # the key is checked even when nothing is written
         now = time.time()
         self.record = ProgressRecord(key, label or key.replace(".", " "), unit, total, initial, initial,
                                      now, now, None, RUNNING, unit_scale=unit_scale)
