@@ -149,8 +149,14 @@ class StageProgress:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._flush()
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, note: str | None = None) -> None:
+        """Count ``n`` more units done; ``note`` (if given) replaces what it says it is doing, in the
+        same write (a count and a stale note are never shown together)."""
         self.record.done += n
+        if note is not None:
+            self.record.note = note
+            if self._bar is not None:
+                self._bar.set_postfix_str(note, refresh=False)
         if self._bar is not None:
             self._bar.update(n)
         self._changed()

@@ -101,12 +101,10 @@ def fc_sae(preset: str = "demo", run_dir: str = "runs/demo", stages: str = "full
     saes = select_saes(run, None)  # every finished SAE; raises clearly when there is none
     pairs = [(sae, ev) for sae in saes for ev in cfg.eval.evals]
     futures = [eval_task.submit(cfg, run, sae, ev) for sae, ev in pairs]
-    with eval_progress(run, len(futures)) as bar:
-        for (sae, ev), fut in zip(pairs, futures):
-            bar.note(task_note(sae, ev))  # tasks start in submission order: the first unfinished one runs
+    with eval_progress(run, pairs) as bar:
+        for i, fut in enumerate(futures):
             fut.wait()  # a failed eval is recorded as rows with status "failed"; the others still land
-            bar.update(1)
-        bar.note("")
+            bar.update(1, note=task_note(pairs, i + 1))  # tasks start in submission order
     with report_progress(run, steps=2) as bar:
         results = aggregate_task(cfg, run)
         bar.update(1)

@@ -237,20 +237,21 @@ def evaluate(cfg: RunConfig, run_dir: str | Path, evals: list[str] | None = None
     # Eval-major order: the shared artifacts of an eval (probe, activations) are built by the first SAE
     # and stay warm for the others.
     tasks = [(sae, ev) for ev in chosen for sae in names]
-    with eval_progress(run_dir, len(tasks), bar=True) as bar:
-        for sae, ev in tasks:
-            bar.note(task_note(sae, ev))
+    with eval_progress(run_dir, tasks, bar=True) as bar:
+        for i, (sae, ev) in enumerate(tasks):
             run_eval_task(cfg, run_dir, sae, ev, force=force)
-            bar.update(1)
-        bar.note("")
+            bar.update(1, note=task_note(tasks, i + 1))
     return aggregate(cfg, run_dir)
 
 
-def eval_progress(run_dir: Path, n_tasks: int, *, bar: bool = False):
-    """The eval stage's progress record (``fc_base.progress``): tasks done of ``n_tasks``."""
-    return stage_progress("eval", n_tasks, "task", run_dir=run_dir, label="eval", bar=bar)
+def eval_progress(run_dir: Path, tasks: list[tuple[str, str]], *, bar: bool = False):
+    """The eval stage's progress record (``fc_base.progress``) over the (SAE, eval) ``tasks``, run in
+    their order: it counts the finished ones and names the one running."""
+    progress = stage_progress("eval", len(tasks), "task", run_dir=run_dir, label="eval", bar=bar)
+    progress.note(task_note(tasks, 0))
+    return progress
 
 
-def task_note(sae: str, eval_name: str) -> str:
-    """The running task as the eval line names it."""
-    return f"{eval_name} · {sae}"
+def task_note(tasks: list[tuple[str, str]], i: int) -> str:
+    """Task ``i`` as the eval line names it while it runs ('' past the last)."""
+    return f"{tasks[i][1]} · {tasks[i][0]}" if i < len(tasks) else ""
