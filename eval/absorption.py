@@ -31,6 +31,7 @@ from eval.results import Skipped
 from eval.runtime import file_lock, private_sae_bench_rng, stop_after_layer
 from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
 from fc_base.errors import check
+from fc_base.progress import stage_progress
 from fc_base.io import write_atomic
 
 # sae-bench's VERBOSE_FIRST_LETTER_TEMPLATE (sae-bench itself is imported only when an eval runs: it
@@ -100,11 +101,13 @@ class ProbeArtifacts:
 class AbsorptionResult(dict):
     """Summary metrics (sae-bench names) plus per-letter metrics ``letter/<x>/<metric>`` (a
     :class:`~eval.results.Skipped` with the reason where sae-bench leaves a letter out); ``prompt_forwards`` counts the prompts this SAE had to run through the model (0 when shared);
-    ``main_latents`` and ``absorbing_latents`` are the latents the calculator named (any probe seed)."""
+    ``main_latents`` and ``absorbing_latents`` are the latents the calculator named (any probe seed),
+    ``letter_latents`` the same per first letter (``{letter: {"main": [...], "absorbing": [...]}}``)."""
 
     prompt_forwards: int = 0
     main_latents: list[int] = []
     absorbing_latents: list[int] = []
+    letter_latents: dict[str, dict[str, list[int]]] = {}
 
 
 def layer_hook(layer: int, hook: str | None = None) -> str:
@@ -188,12 +191,17 @@ def ensure_probe(model, layer: int, artifacts_dir: Path, opts: AbsorptionOptions
     with file_lock(root / ".lock"):
         if not (probe_file.is_file() and words_file.is_file() and f1_file.is_file()):
             words = sample_words(model.tokenizer, opts.word_sample, opts.word_sample_seed)
-            with private_sae_bench_rng(opts.word_sample_seed), stop_after_layer(model, layer, read_pos=token_pos):
-                create_and_train_probe(
-                    model=model, formatter=first_letter_formatter(), hook_point=hook,
-                    probes_dir=probes_dir, vocab=words, batch_size=opts.probe_llm_batch_size, num_epochs=50,
-                    lr=1e-2, device=torch.device("cpu"), base_template=TEMPLATE, pos_idx=token_pos)
-            f1_by_letter = _probe_f1(model, layer, probes_dir)
+            # The probe's prompts (one per word) are most of the run's one-time cost: minutes on a CPU.
+            with stage_progress("eval.absorption-probe", total=len(words), unit="prompt",
+                                label="absorption probe", unit_scale=True) as progress:
+                with private_sae_bench_rng(opts.word_sample_seed), stop_after_layer(
+                        model, layer, read_pos=token_pos, on_forward=progress.update):
+                    create_and_train_probe(
+                        model=model, formatter=first_letter_formatter(), hook_point=hook,
+                        probes_dir=probes_dir, vocab=words, batch_size=opts.probe_llm_batch_size, num_epochs=50,
+                        lr=1e-2, device=torch.device("cpu"), base_template=TEMPLATE, pos_idx=token_pos)
+                progress.note("probe F1")
+                f1_by_letter = _probe_f1(model, layer, probes_dir)
             words_file.write_text(json.dumps(words))
             f1_file.write_text(json.dumps(f1_by_letter, indent=1))
         words = json.loads(words_file.read_text())
@@ -306,6 +314,9 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: Absor
     result.prompt_forwards = sum(forwards for _, forwards, _ in per_seed)
     result.main_latents = sorted(set().union(*(ids[0] for _, _, ids in per_seed)))
     result.absorbing_latents = sorted(set().union(*(ids[1] for _, _, ids in per_seed)) - set(result.main_latents))
+    result.letter_latents = {letter: {role: sorted(set().union(*(ids[2].get(letter, {}).get(role, []) for _, _, ids in per_seed)))
+                                      for role in ("main", "absorbing")}
+                             for letter in LETTERS if any(letter in ids[2] for _, _, ids in per_seed)}
     return result, letters
 
 
@@ -398,7 +409,7 @@ def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts,
             "num_split_features": int(row["num_split_feats"]) if row is not None else 0,
             "num_probe_true_positives": float(row["num_probe_true_positives"]) if row is not None else 0.0,
         })
-    return letters, prompt_model.added, _identified_latents(raw_df)
+    return letters, prompt_model.added, (*_identified_latents(raw_df), latents_by_letter(raw_df))
 
 
 def _identified_latents(raw_df) -> tuple[set[int], set[int]]:
@@ -411,6 +422,18 @@ def _identified_latents(raw_df) -> tuple[set[int], set[int]]:
     return main, absorbing
 
 
+def latents_by_letter(raw_df) -> dict[str, dict[str, list[int]]]:
+    """Per first letter, the main latents (its k-sparse probe's features) and the absorbing latents
+    (top probe-projection latents of its words with absorption, main latents of the letter left out)."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for letter, rows in raw_df.groupby("letter"):
+        main = {int(f) for feats in rows["split_feats"] for f in feats}
+        absorbed = rows[(rows["absorption_fraction"] > 0) | rows["is_full_absorption"].astype(bool)]
+        out[str(letter)] = {"main": sorted(main),
+                            "absorbing": sorted({int(f) for f in absorbed["top_projection_feat"]} - main)}
+    return out
+
+
 def run(inputs: EvalInputs, opts: AbsorptionOptions) -> EvalOutput:
     probe = ensure_probe(inputs.model, inputs.meta.layer, inputs.artifacts_dir, opts, inputs.common,
                          hook=inputs.meta.hook_name or None)
@@ -420,7 +443,8 @@ def run(inputs: EvalInputs, opts: AbsorptionOptions) -> EvalOutput:
     out.update(tracker_detection(inputs.sae_folder, inputs.meta.d_sae, metrics.main_latents, metrics.absorbing_latents))
     return EvalOutput(out, {"letters": letters, "token_pos": probe.token_pos, "n_words": len(probe.words),
                             "prompt_forwards": metrics.prompt_forwards, "main_latents": metrics.main_latents,
-                            "absorbing_latents": metrics.absorbing_latents})
+                            "absorbing_latents": metrics.absorbing_latents,
+                            "letter_latents": metrics.letter_latents})
 
 
 def tracker_detection(sae_folder: Path | None, d_sae: int, main: list[int], absorbing: list[int]) -> dict[str, float]:

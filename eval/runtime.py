@@ -9,13 +9,14 @@ import math
 import random
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 
 @contextlib.contextmanager
-def stop_after_layer(model, layer: int, read_pos: int | None = None) -> Iterator[object]:
+def stop_after_layer(model, layer: int, read_pos: int | None = None,
+                     on_forward: Callable[[int], None] | None = None) -> Iterator[object]:
     """SAE-Bench's absorption code runs full forwards; the SAE only needs a hook of block ``layer``
     (its output, or what its MLP or attention adds), so ``run_with_cache`` stops after that block
     (the blocks above and the unembedding are skipped).
@@ -28,10 +29,17 @@ def stop_after_layer(model, layer: int, read_pos: int | None = None) -> Iterator
     benchmark checks it on the real model). Batches of unequal lengths run in full.
 
     Cached activations come back as float32 so a bfloat16 model feeds float32 probes and SAEs
-    (sae-bench mixes them in matmuls that need one dtype)."""
+    (sae-bench mixes them in matmuls that need one dtype). ``on_forward(n)`` is told after every
+    forward how many prompts (rows) it ran: sae-bench's loops draw no progress of their own here."""
     original = model.run_with_cache
 
     def run_with_cache(*args, **kwargs):
+        out, cache = forward(*args, **kwargs)
+        if on_forward is not None:
+            on_forward(len(next(iter(cache.values()))) if cache else 0)
+        return out, cache
+
+    def forward(*args, **kwargs):
         kwargs["stop_at_layer"] = layer + 1
         if read_pos is not None and args and _is_prompt_list(args[0]):
             tokens_BT = _equal_length_tokens(model, args[0])

@@ -77,3 +77,17 @@ def test_word_sample_larger_than_the_vocabulary_runs_it_all(hooked_tiny, capsys)
     assert sorted(words) == sorted(usable)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"exceeds the {len(usable)} usable vocabulary words; running the full vocabulary" in err[0]
+
+
+def test_the_probe_build_reports_its_prompts(hooked_tiny, tmp_path):
+    """The probe's prompt forwards count into the run's ``eval.absorption-probe`` progress record."""
+    from eval.absorption import AbsorptionOptions, ensure_probe
+    from fc_base.progress import read_records, run_scope
+
+    cfg = get_preset("tiny")
+    opts = AbsorptionOptions(word_sample=200, probe_seeds=1)
+    with run_scope(tmp_path):
+        probe = ensure_probe(hooked_tiny, 1, tmp_path / "eval_artifacts", opts, cfg.eval)
+    (record,) = [r for r in read_records(tmp_path) if r.key == "eval.absorption-probe"]
+    assert record.status == "done" and record.total == record.done == len(probe.words) == 200
+    assert record.unit == "prompt"
