@@ -37,6 +37,17 @@ def test_full_flow_lands_results_for_topk_and_fc_topk(flow_run_dir):
     assert (flow_run_dir / "cache" / "manifest.jsonl").is_file()
 
 
+def test_full_flow_leaves_a_finished_progress_record_per_stage(flow_run_dir):
+    from fc_base.progress import read_records
+
+    saes = sorted(d.name for d in (flow_run_dir / "saes").iterdir() if d.is_dir())
+    records = {r.key: r for r in read_records(flow_run_dir)}
+    wanted = {"harvest", "eval", "report", "eval.absorption-probe", *(f"train.{name}" for name in saes)}
+    assert wanted <= set(records), sorted(records)
+    assert all(records[key].status == "done" for key in wanted), {k: records[k].status for k in wanted}
+    assert records["harvest"].done == records["harvest"].total
+
+
 def test_eval_only_flow_does_not_repeat_harvest_or_training(flow_run_dir):
     from eval.results import load
     from flows.fc_sae_flow import fc_sae
