@@ -91,3 +91,11 @@ def test_jumprelu_without_threshold_is_refused(tmp_path):
     save_file(weights, str(folder / "sae_weights.safetensors"))
     with pytest.raises(SAEFolderError, match="needs a 'threshold'"):
         load_sae(folder)
+
+
+def test_a_random_sae_folder_names_the_hook_it_reads(tmp_path):
+    from fc_base.sae_folder import SAEMeta
+
+    folder = write_random_sae(tmp_path / "saes" / "topk_s0", trainer="topk", seed=0, d_in=16, d_sae=48,
+                              model_name="EleutherAI/pythia-14m", layer=1, hook="hook_mlp_out")
+    assert SAEMeta.read(folder).hook_name == "blocks.1.hook_mlp_out"
