@@ -162,6 +162,17 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    from pipeline.dashboard.build import build_dashboard
+    from pipeline.dashboard.options import DashboardOptions
+    from pipeline.dashboard.inputs import parse_latents
+
+    opts = DashboardOptions(sae=args.sae, latents=parse_latents(args.latents) if args.latents else (),
+                            absorbing=args.absorbing, top=args.top, out=args.out, n_contexts=args.contexts)
+    print(f"dashboard: {build_dashboard(args.run_dir, opts)}")
+    return 0
+
+
 def cmd_results(args) -> int:
     from eval.results import print_table
 
@@ -236,6 +247,7 @@ def _evals_epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.dashboard.options import DEFAULT_TOP
     from pipeline.models import EMBEDDED_GEMMA, SOURCES
 
     parser = _Parser(prog="fc-sae", description=__doc__.splitlines()[0])
@@ -303,6 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--language", action="append", default=[], help="results.parquet of a language-model run")
     md.add_argument("--out", default="RESULTS.md", help="output file (plots go beside it under docs/results/)")
     md.set_defaults(func=cmd_results_md)
+
+    dash = sub.add_parser("dashboard", help="static HTML page of chosen latents, from the cache (no model forward)",
+                          description="Write RUN_DIR/dashboards/<sae>/index.html: per latent its top-activating "
+                          "contexts decoded from the cache, activation histogram, tracker history, splits and "
+                          "repairs, nearest decoder rows and the first letters the absorption eval ties it to. "
+                          "One pass over the cache; nothing is written on bad input.")
+    dash.add_argument("--run-dir", required=True, type=Path)
+    dash.add_argument("--sae", required=True, help=_sae_help("the SAE"))
+    pick = dash.add_mutually_exclusive_group()
+    pick.add_argument("--latents", help="comma-separated latent indices, e.g. 12,407")
+    pick.add_argument("--absorbing", metavar="LETTER", help="the latents the absorption eval named for this first letter")
+    pick.add_argument("--top", type=int, default=DEFAULT_TOP, help="the N latents of highest absorption score "
+                      "s = f(1-c) in the tracker's last snapshot (most frequent without history; default: %(default)s)")
+    dash.add_argument("--contexts", type=int, default=20, help="top contexts per latent (default: %(default)s)")
+    dash.add_argument("--out", type=Path, help="output folder (default: RUN_DIR/dashboards/<sae>)")
+    dash.set_defaults(func=cmd_dashboard)
 
     res = sub.add_parser("results", help="print the trainer x metric table")
     res.add_argument("--run-dir", required=True, type=Path)
