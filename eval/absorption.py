@@ -314,9 +314,13 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: Absor
     result.prompt_forwards = sum(forwards for _, forwards, _ in per_seed)
     result.main_latents = sorted(set().union(*(ids[0] for _, _, ids in per_seed)))
     result.absorbing_latents = sorted(set().union(*(ids[1] for _, _, ids in per_seed)) - set(result.main_latents))
-    result.letter_latents = {letter: {role: sorted(set().union(*(ids[2].get(letter, {}).get(role, []) for _, _, ids in per_seed)))
-                                      for role in ("main", "absorbing")}
-                             for letter in LETTERS if any(letter in ids[2] for _, _, ids in per_seed)}
+    result.letter_latents = {}
+    for letter in LETTERS:  # the union over probe seeds; a main latent of the letter is never also its absorber
+        named = [ids[2][letter] for _, _, ids in per_seed if letter in ids[2]]
+        if named:
+            main = set().union(*(n["main"] for n in named))
+            result.letter_latents[letter] = {"main": sorted(main),
+                                             "absorbing": sorted(set().union(*(n["absorbing"] for n in named)) - main)}
     return result, letters
 
 

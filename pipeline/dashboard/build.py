@@ -15,7 +15,8 @@ import torch
 from fc_base.errors import ConfigError
 from fc_base.sae_folder import HISTORY_FILE, REPAIRS_FILE, SPLITS_FILE, SAEMeta
 from pipeline.dashboard.contexts import build_contexts
-from pipeline.dashboard.inputs import (FREQUENCY_SAMPLE_ROWS, check_cache_matches, choose_latents, letter_roles,
+from pipeline.dashboard.inputs import (FREQUENCY_SAMPLE_ROWS, check_cache_matches, check_selection, choose_latents,
+                                       letter_roles,
                                        read_absorption, sae_folder)
 from pipeline.dashboard.options import DashboardOptions, LatentChoice
 from pipeline.dashboard.render import HISTORY_STATS, LatentPage, write_page
@@ -77,8 +78,6 @@ def _replace_dir(tmp: Path, out: Path) -> None:
 def build_dashboard(run_dir: str | Path, opts: DashboardOptions) -> Path:
     """Write the dashboard of ``opts.sae`` and return its index.html."""
     from cache_tools import open_store
-    from eval.sae import load_sae
-    from pipeline.models import load_tokenizer
 
     started = time.monotonic()
     run_dir = Path(run_dir)
@@ -89,9 +88,13 @@ def build_dashboard(run_dir: str | Path, opts: DashboardOptions) -> Path:
         raise ConfigError(f"no activation cache at {cache}: run the harvest stage first")
     store = open_store(cache)
     check_cache_matches(store.attrs, meta, store.d_model)
+    details = read_absorption(run_dir, meta.name)
+    check_selection(opts, meta, details, run_dir)  # before the slow SAE load: bad input fails fast
+    from eval.sae import load_sae  # sae-bench: imported only once the input is known good
+    from pipeline.models import load_tokenizer
+
     sae = load_sae(folder)
     W_dec_SD = sae.W_dec.detach()
-    details = read_absorption(run_dir, meta.name)
     choices = choose_latents(opts, run_dir, folder, meta, W_dec_SD, details)
     tokenizer = load_tokenizer(meta.model_name, source=meta.model_source)
     if choices is None:  # --top without tracker history

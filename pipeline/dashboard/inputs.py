@@ -122,12 +122,8 @@ def letter_roles(details: dict | None, run_dir: Path, layer: int, W_dec_SD, late
 
 def absorbing_choices(details: dict | None, letter: str, run_dir: Path, meta: SAEMeta, W_dec_SD) -> list[LatentChoice]:
     """The latents the absorption eval named for ``letter``: its absorbing latents, then its main ones."""
-    if not (len(letter) == 1 and letter.lower() in string.ascii_lowercase):
-        raise ConfigError(f"--absorbing takes one first letter a-z, got {letter!r}")
-    letter = letter.lower()
-    if details is None:
-        raise ConfigError(f"no finished absorption eval of {meta.name} in {run_dir / 'eval' / meta.name}: "
-                          f"run fc-sae eval --eval absorption --sae {meta.name} first")
+    letter = _letter(letter)
+    _require_eval(details, run_dir, meta.name)
     named = sorted(set(details.get("main_latents", [])) | set(details.get("absorbing_latents", [])))
     if not details.get("letter_latents") and _probe_file(run_dir, meta.layer) is None:
         raise ConfigError(f"the absorption details of {meta.name} do not say which letter each latent belongs to, "
@@ -165,6 +161,31 @@ def top_choices(folder: Path, n: int, frequency_M=None) -> list[LatentChoice] | 
     best = score.sort_values(ascending=False, kind="stable").head(n)
     step = int(snap["step"].iloc[0])
     return [LatentChoice(int(i), f"absorption score s = f(1-c) = {s:.4g} at step {step}") for i, s in best.items()]
+
+
+def _letter(text: str) -> str:
+    if not (len(text) == 1 and text.lower() in string.ascii_lowercase):
+        raise ConfigError(f"--absorbing takes one first letter a-z, got {text!r}")
+    return text.lower()
+
+
+def _require_eval(details: dict | None, run_dir: Path, sae: str) -> None:
+    if details is None:
+        raise ConfigError(f"no finished absorption eval of {sae} in {run_dir / 'eval' / sae}: "
+                          f"run fc-sae eval --eval absorption --sae {sae} first")
+
+
+def check_selection(opts: DashboardOptions, meta: SAEMeta, details: dict | None, run_dir: Path) -> None:
+    """The selection's own checks, which need neither the weights nor the cache pass."""
+    if opts.latents and opts.absorbing:
+        raise ConfigError("give --latents or --absorbing, not both")
+    if opts.latents:
+        check_latents(opts.latents, meta.d_sae, meta.name)
+    elif opts.absorbing:
+        _letter(opts.absorbing)
+        _require_eval(details, run_dir, meta.name)
+    elif opts.top <= 0:
+        raise ConfigError(f"--top must be positive, got {opts.top}")
 
 
 def choose_latents(opts: DashboardOptions, run_dir: Path, folder: Path, meta: SAEMeta, W_dec_SD,

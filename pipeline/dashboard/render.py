@@ -36,8 +36,9 @@ def _plot(page: LatentPage, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    stats = [s for s in HISTORY_STATS if s in page.history and page.history[s].notna().any()]
+    stats = [s for s in HISTORY_STATS if s in page.history and page.history[s].fillna(0).abs().gt(0).any()]
     fig, axes = plt.subplots(1, 1 + bool(stats), figsize=(9 if stats else 4.5, 2.6))
     axes = np.atleast_1d(axes)
     edges = HIST_EDGES.numpy()
@@ -47,6 +48,7 @@ def _plot(page: LatentPage, path: Path) -> None:
         axes[0].stairs(page.hist_B[lo:hi], edges[lo:hi + 1], fill=True, color="#4c72b0")
         axes[0].set_xscale("log")
         axes[0].set_yscale("log")
+        axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels of a narrow range overlap
     axes[0].set_title(f"activations when firing ({page.fires:,} rows)", fontsize=9)
     axes[0].set_xlabel("activation", fontsize=8)
     if stats:
