@@ -107,7 +107,7 @@ def _timed(fn) -> float:
 
 
 def make_sae(d_model: int, d_sae: int, k: int, device: str = "cpu"):
-    from trainers.topk import TopKSAE
+    from trainers.saes.topk import TopKSAE
 
     torch.manual_seed(0)
     sae = TopKSAE(d_model, d_sae, k).to(device)
@@ -144,7 +144,7 @@ def paired_rates(store_batches, ram_batches, step_store, step_ram, n_steps: int)
 
 
 def bench_training(store, d_sae: int, k: int, batch_size: int, n_steps: int, device: str = "cpu") -> None:
-    from trainers.data import InMemoryActivations
+    from trainers.training.data import InMemoryActivations
 
     # On a GPU the in-memory side holds every row on the device already: the loader's best case.
     in_ram = InMemoryActivations(torch.from_numpy(store.read_rows(0, store.n_rows)).to(device))

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from fc_base.sae_folder import SAEMeta, read_train_log  # noqa: E402
 from pipeline.config import get_preset  # noqa: E402
 from pipeline.train import train  # noqa: E402
-from trainers.config import SweepPoint  # noqa: E402
+from trainers.training.config import SweepPoint  # noqa: E402
 
 
 def point_label(coeff: float) -> str:

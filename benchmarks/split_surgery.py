@@ -2,7 +2,7 @@
 
 Takes a trained SAE of a run and the first rows of its cache, picks latents firing on 1-10% of the
 rows (the range the experiment's guarded split draws from), splits each with the library's rule
-(trainers.splitting: the halves share the parent's encoder, pushed apart along the whitened direction
+(trainers.fc.splitting: the halves share the parent's encoder, pushed apart along the whitened direction
 between their patterns) and, for comparison, with the earlier rule (each half's encoder along its
 pattern's mean direction: the kept half at the parent's norm and bias, the new one at 0.2x the mean
 living norm and zero bias). For each half it prints how often it would clear the row's TopK threshold
@@ -25,9 +25,9 @@ def main() -> None:
     from cache_tools import open_store
     from eval.sae import load_weights
     from fc_base.sae_folder import SAEMeta
-    from trainers.splitting import encode_reservoir, split_halves
-    from trainers.surgery import RESAMPLED_ENCODER_SCALE
-    from trainers.topk import TopKSAE
+    from trainers.fc.splitting import encode_reservoir, split_halves
+    from trainers.saes.topk import TopKSAE
+    from trainers.training.surgery import RESAMPLED_ENCODER_SCALE
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run-dir", required=True, type=Path)

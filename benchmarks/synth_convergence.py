@@ -21,10 +21,10 @@ import pipeline  # noqa: F401  (environment first)
 from eval.sae import load_sae
 from eval.synthetic import SyntheticOptions, hierarchy_metrics, saelens_metrics
 from pipeline.synthetic_models import load_synthetic_model, sample_batches
-from trainers.config import TrainConfig
-from trainers.data import InMemoryActivations
-from trainers.export import ModelInfo
-from trainers.loop import train_sae
+from trainers.training.config import TrainConfig
+from trainers.training.data import InMemoryActivations
+from trainers.training.export import ModelInfo
+from trainers.training.loop import train_sae
 
 
 def main() -> None:

@@ -30,11 +30,11 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainers.config import TrainConfig  # noqa: E402
-from trainers.data import InMemoryActivations  # noqa: E402
-from trainers.export import ModelInfo  # noqa: E402
-from trainers.loop import train_sae  # noqa: E402
-from trainers.registry import get_recipe  # noqa: E402
+from trainers.training.config import TrainConfig  # noqa: E402
+from trainers.training.data import InMemoryActivations  # noqa: E402
+from trainers.training.export import ModelInfo  # noqa: E402
+from trainers.training.loop import train_sae  # noqa: E402
+from trainers.training.registry import get_recipe  # noqa: E402
 
 
 class Toy(NamedTuple):

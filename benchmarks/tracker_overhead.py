@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainers.config import TrainConfig  # noqa: E402
-from trainers.registry import build_sae  # noqa: E402
-from trainers.splitting import fc_split  # noqa: E402
-from trainers.tracker import FrequencyConsistencyTracker, encoder_suppression  # noqa: E402
+from trainers.fc.splitting import fc_split  # noqa: E402
+from trainers.fc.tracker import FrequencyConsistencyTracker, encoder_suppression  # noqa: E402
+from trainers.training.config import TrainConfig  # noqa: E402
+from trainers.training.registry import build_sae  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

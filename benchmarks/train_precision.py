@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fc_base.sae_folder import read_train_log  # noqa: E402
 from pipeline.config import PRESETS  # noqa: E402
 from pipeline.train import open_activations  # noqa: E402
-from trainers.data import InMemoryActivations  # noqa: E402
-from trainers.export import ModelInfo  # noqa: E402
-from trainers.loop import train_sae  # noqa: E402
+from trainers.training.data import InMemoryActivations  # noqa: E402
+from trainers.training.export import ModelInfo  # noqa: E402
+from trainers.training.loop import train_sae  # noqa: E402
 
 
 def cpu_flags() -> set[str]:

@@ -22,10 +22,10 @@ import torch
 os.environ.setdefault("WANDB_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainers.config import TrainConfig  # noqa: E402
-from trainers.data import InMemoryActivations  # noqa: E402
-from trainers.export import ModelInfo  # noqa: E402
-from trainers.loop import train_sae  # noqa: E402
+from trainers.training.config import TrainConfig  # noqa: E402
+from trainers.training.data import InMemoryActivations  # noqa: E402
+from trainers.training.export import ModelInfo  # noqa: E402
+from trainers.training.loop import train_sae  # noqa: E402
 
 
 def endless_batches(source: InMemoryActivations, batch: int, seed: int):

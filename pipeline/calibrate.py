@@ -1,5 +1,5 @@
 """Calibrate stage: set the inference threshold of finished BatchTopK-family SAE folders from the
-run's activation cache, in place, without retraining (trainers.calibration).
+run's activation cache, in place, without retraining (trainers.training.calibration).
 
 Everything is checked before anything is written: the SAE's trainer, and that the cache holds the
 SAE's model, layer and hook. Evaluation rows of a re-calibrated SAE describe its old threshold, so
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fc_base.errors import ConfigError
 from fc_base.sae_folder import SAEMeta, list_sae_folders
-from trainers.calibration import (ThresholdCalibration, calibrate_folder, is_calibrated_family,
+from trainers.training.calibration import (ThresholdCalibration, calibrate_folder, is_calibrated_family,
                                   require_calibrated_family)
 
 

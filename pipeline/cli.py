@@ -51,7 +51,7 @@ def _preset_names() -> str:
 
 
 def _trainer_names() -> str:
-    from trainers.recipe import recipe_names
+    from trainers.training.recipe import recipe_names
 
     return _names(recipe_names())
 
@@ -63,7 +63,7 @@ def _eval_names() -> str:
 
 
 def _default_calibration_rows() -> int:
-    from trainers.recipe import option_sections
+    from trainers.training.recipe import option_sections
 
     return option_sections()["batchtopk"]().calibration_rows
 
@@ -232,7 +232,7 @@ def _listing(pairs: list[tuple[str, str]]) -> str:
 
 
 def _recipes_epilog() -> str:
-    from trainers.recipe import recipes
+    from trainers.training.recipe import recipes
 
     return ("trainer recipes (train.trainers; knobs under train.options.<section>):\n"
             + _listing([(r.name, r.description) for r in recipes()])

@@ -22,7 +22,7 @@ from fc_base.errors import check as _check
 from fc_base.io import write_text_atomic
 from fc_base.torch_utils import DTYPES
 from pipeline.models import SOURCES
-from trainers.config import SweepPoint, TrainConfig
+from trainers.training.config import SweepPoint, TrainConfig
 
 
 SYNTHETIC_HOOK = "synthetic"
@@ -419,7 +419,7 @@ def _option_sections(cls: type) -> dict[str, type] | None:
 
         return option_sections()
     if cls in (TrainConfig, SweepPoint):
-        from trainers.recipe import option_sections
+        from trainers.training.recipe import option_sections
 
         return option_sections()
     return None

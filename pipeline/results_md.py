@@ -43,7 +43,7 @@ class Study:
 
 def controls_in(table: pd.DataFrame) -> dict[str, str]:
     """FC arm -> its random-surgery control, for the arms whose control is in the table."""
-    from trainers.recipe import RECIPES
+    from trainers.training.recipe import RECIPES
 
     have = set(table["trainer"])
     return {name: recipe.control for name in sorted(have)

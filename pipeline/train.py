@@ -10,11 +10,11 @@ from pathlib import Path
 from fc_base.progress import mark_on_disk, run_scope, stage_progress
 from fc_base.sae_folder import SAES_DIR, is_complete, sae_name
 from pipeline.config import RunConfig
-from trainers.config import TrainJob
-from trainers.data import ActivationSource
-from trainers.export import ModelInfo
-from trainers.loop import train_sae
-from trainers.recipe import get_recipe
+from trainers.training.config import TrainJob
+from trainers.training.data import ActivationSource
+from trainers.training.export import ModelInfo
+from trainers.training.loop import train_sae
+from trainers.training.recipe import get_recipe
 
 
 def planned_saes(cfg: RunConfig, trainer: str | None = None, seed: int | None = None,

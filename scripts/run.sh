@@ -47,7 +47,7 @@ fi
 
 # The runner must be restarted when the code changed: Prefect fixes parameters at serve time, and the
 # runner keeps the stage modules it imported (the progress records come from them).
-code_stamp=$(cat flows/*.py pipeline/*.py trainers/*.py eval/*.py cache_tools/*.py fc_base/*.py | sha256sum | cut -c1-16)
+code_stamp=$(cat flows/*.py pipeline/*.py trainers/*.py trainers/*/*.py eval/*.py cache_tools/*.py fc_base/*.py | sha256sum | cut -c1-16)
 if alive "$STATE/runner.pid" && [ "$(cat "$STATE/runner.stamp" 2>/dev/null)" != "$code_stamp" ]; then
   echo "run: restarting the fc-sae runner (the code changed)"
   pid=$(cat "$STATE/runner.pid")

@@ -1,5 +1,6 @@
-"""The package structure: the dependency rule, acyclic harvest and cache modules, and plug-in
-recipes and evals that the CLI lists and that train/run on the tiny preset."""
+"""The package structure: the dependency rule, the rule among the trainers sub-packages, acyclic
+harvest, cache and trainers modules, and plug-in recipes and evals that the CLI lists and that
+train/run on the tiny preset."""
 from __future__ import annotations
 
 import ast
@@ -14,33 +15,31 @@ LAYERS = {"fc_base": 0, "cache_tools": 1, "trainers": 1, "eval": 1, "pipeline": 
 """flows -> pipeline -> {trainers, eval, cache_tools} -> fc_base; never back, never sideways among layer 1."""
 
 
+def _names_imported(node: ast.AST) -> set[str]:
+    """The modules an import statement names (none for other nodes, or relative imports)."""
+    if isinstance(node, ast.Import):
+        return {alias.name for alias in node.names}
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return {node.module}
+    return set()
+
+
 def _imports(path: Path) -> set[str]:
     """Top-level project packages and modules imported anywhere in a file (lazy imports included)."""
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-    return names
+    return {n for node in ast.walk(ast.parse(path.read_text())) for n in _names_imported(node)}
 
 
 def _import_time_imports(path: Path) -> set[str]:
     """Modules imported when the file is imported: module-level statements only (not function
     bodies, not ``if TYPE_CHECKING:`` blocks)."""
-    names = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-    return names
+    return {n for node in ast.parse(path.read_text()).body for n in _names_imported(node)}
 
 
 def _project_imports(package: str) -> dict[str, set[str]]:
+    """Project imports of every module of ``package``, its subpackages included."""
     out = {}
-    for path in sorted((ROOT / package).glob("*.py")):
-        out[f"{package}/{path.name}"] = {n for n in _imports(path) if n.split(".")[0] in LAYERS}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        out[path.relative_to(ROOT).as_posix()] = {n for n in _imports(path) if n.split(".")[0] in LAYERS}
     return out
 
 
@@ -50,6 +49,89 @@ def test_lower_layers_never_import_upward_or_sideways(package):
         for name in names:
             top = name.split(".")[0]
             assert top == package or LAYERS[top] < LAYERS[package], f"{where} imports {name}"
+
+
+TRAINERS_INTERFACES = {"trainers.saes.sae", "trainers.fc.tracker"}
+"""The two modules of saes and fc that the machinery may name: the base every SAE module is, and the
+tracker the loop runs on every SAE."""
+TRAINERS_ASSEMBLY = {"trainers.training.loop", "trainers.training.registry"}
+"""The machinery's modules that put everything together; the plug-ins never import them."""
+
+
+def _trainers_import_allowed(where: str, name: str) -> bool:
+    """Inside trainers, packages by what a researcher changes:
+
+    - ``saes`` (an architecture: its module, options and recipe) imports ``saes`` and the machinery's
+      contract (``training`` but its loop and registry); never ``fc``: an architecture knows nothing
+      of the FC method;
+    - ``fc`` (the FC method: tracker, splitting, repair, guidance, its recipes) imports ``fc``,
+      ``saes`` (its recipes wrap the architectures) and the machinery's contract;
+    - ``training`` (the machinery) names no architecture and no FC rule: beyond itself it imports
+      only the interfaces ``saes/sae.py`` and ``fc/tracker.py``, and reaches every recipe through
+      the registry, ``training/registry.py``, the one module that imports the recipe modules;
+    - ``reference`` (other implementations, trained by their own loops) may import anything but the
+      registry, and only the registry imports it.
+    """
+    into = name.split(".")[1] if name.count(".") else ""
+    here = where.split("/")[1] if where.count("/") > 1 else ""
+    if where == "trainers/training/registry.py":
+        return True
+    if into == "reference" or name == "trainers.training.registry":
+        return here == "reference" and name != "trainers.training.registry"
+    if here == "reference":
+        return True
+    if here == "saes":
+        return into in ("saes", "training") and name not in TRAINERS_ASSEMBLY
+    if here == "fc":
+        return into in ("fc", "saes", "training") and name not in TRAINERS_ASSEMBLY
+    if here == "training":
+        return into == "training" or name in TRAINERS_INTERFACES
+    return False  # trainers/__init__.py stays free of imports: importing a config must not pull in torch
+
+
+def test_trainers_packages_follow_their_rule():
+    for where, names in _project_imports("trainers").items():
+        for name in names:
+            if name.split(".")[0] == "trainers":
+                assert _trainers_import_allowed(where, name), (
+                    f"{where} imports {name}: {_trainers_import_allowed.__doc__}")
+
+
+def test_trainers_rule_rejects_sideways_imports():
+    assert not _trainers_import_allowed("trainers/saes/relu_l1.py", "trainers.fc.splitting")
+    assert not _trainers_import_allowed("trainers/training/loop.py", "trainers.saes.batchtopk")
+    assert not _trainers_import_allowed("trainers/training/loop.py", "trainers.fc.splitting")
+    assert not _trainers_import_allowed("trainers/fc/guidance.py", "trainers.training.loop")
+    assert not _trainers_import_allowed("trainers/fc/recipes.py", "trainers.reference.saelens")
+    assert _trainers_import_allowed("trainers/fc/recipes.py", "trainers.saes.topk")
+    assert _trainers_import_allowed("trainers/training/loop.py", "trainers.fc.tracker")
+
+
+def test_trainers_import_trainers_at_module_level():
+    """No ``from trainers...`` inside a function: a lazy import hides the cycle it works around."""
+    for path in sorted((ROOT / "trainers").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lazy = {n for sub in ast.walk(node) for n in _names_imported(sub) if n.split(".")[0] == "trainers"}
+                assert not lazy, f"{path.relative_to(ROOT)}: {node.name} imports {sorted(lazy)}"
+
+
+def test_trainers_modules_are_acyclic_at_import_time():
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (ROOT / "trainers").rglob("*.py")}
+    graph = {m: {n for n in _import_time_imports(p) if n in modules and n != m} for m, p in modules.items()}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join(path[path.index(module):] + (module,))}"
+        if module in done:
+            return
+        for name in graph[module]:
+            visit(name, path + (module,))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
 
 
 def test_pipeline_never_imports_flows():
@@ -90,7 +172,7 @@ def _help(command: str, capsys) -> str:
 
 def test_help_lists_every_recipe_and_eval(capsys):
     from eval.spec import eval_names
-    from trainers.recipe import recipe_names
+    from trainers.training.recipe import recipe_names
 
     text = _help("train", capsys)
     assert {"topk", "fc_topk", "relu_l1", "fc_relu_l1", "batchtopk", "fc_batchtopk", "matryoshka",
@@ -142,7 +224,7 @@ def every_recipe_trained(tiny_model_dir, tmp_path_factory):
     from pipeline.config import apply_overrides, get_preset
     from pipeline.harvest import harvest
     from pipeline.train import train
-    from trainers.recipe import recipe_names
+    from trainers.training.recipe import recipe_names
 
     run_dir = tmp_path_factory.mktemp("recipes") / "run"
     cfg = apply_overrides(get_preset("tiny"), [f"train.trainers={json.dumps(recipe_names())}",
@@ -153,9 +235,9 @@ def every_recipe_trained(tiny_model_dir, tmp_path_factory):
 
 def test_every_recipe_trains_on_the_tiny_preset(every_recipe_trained):
     from fc_base.sae_folder import SAEMeta
-    from trainers.fc2 import FC2Options
-    from trainers.fc_guidance import FCOptions
-    from trainers.recipe import get_recipe
+    from trainers.fc.guidance import FCOptions
+    from trainers.fc.repair import FC2Options
+    from trainers.training.recipe import get_recipe
 
     from eval.sae import load_sae
 
@@ -195,12 +277,12 @@ def test_relu_recipes_revive_dead_latents(every_recipe_trained):
 
 def test_a_new_recipe_is_one_file(tmp_path):
     """The example of docs/ARCHITECTURE.md: a recipe registered from outside the package trains."""
-    from trainers.data import InMemoryActivations
-    from trainers.export import ModelInfo
-    from trainers.loop import train_sae
-    from trainers.config import TrainConfig
-    from trainers.recipe import Recipe, get_recipe, recipe_names, register
-    from trainers.topk import TopKSAE
+    from trainers.saes.topk import TopKSAE
+    from trainers.training.config import TrainConfig
+    from trainers.training.data import InMemoryActivations
+    from trainers.training.export import ModelInfo
+    from trainers.training.loop import train_sae
+    from trainers.training.recipe import Recipe, get_recipe, recipe_names, register
     from tests.trainers_fixtures import synthetic_acts
     import torch
 

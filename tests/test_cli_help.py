@@ -14,7 +14,7 @@ from eval.spec import EVALS, EvalSpec, eval_names
 from fc_base.errors import ConfigError
 from pipeline.cli import build_parser, main
 from pipeline.config import PRESETS, apply_overrides, get_preset
-from trainers.recipe import RECIPES, Recipe, recipe_names
+from trainers.training.recipe import RECIPES, Recipe, recipe_names
 
 
 def _subparsers(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:

@@ -16,7 +16,7 @@ import yaml
 from eval.spec import option_sections as eval_sections
 from fc_base.errors import ConfigError
 from pipeline.config import RunConfig, apply_overrides, coerce, get_preset
-from trainers.recipe import option_sections as trainer_sections
+from trainers.training.recipe import option_sections as trainer_sections
 
 
 def _overridden(*items: str) -> RunConfig:

@@ -7,7 +7,7 @@ import pytest
 
 from fc_base.errors import ConfigError
 from fc_base.sae_folder import SAEMeta, sae_name
-from trainers.config import SweepPoint, TrainConfig, TrainJob
+from trainers.training.config import SweepPoint, TrainConfig, TrainJob
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -60,7 +60,7 @@ def test_train_stage_writes_one_folder_per_point_with_its_k(tmp_path):
 
     from pipeline.config import get_preset
     from pipeline.train import planned_saes, train
-    from trainers.data import InMemoryActivations
+    from trainers.training.data import InMemoryActivations
 
     cfg = get_preset("tiny")
     cfg.train = TrainConfig(**{**__import__("dataclasses").asdict(cfg.train), "trainers": ["topk"], "seeds": [0],
@@ -88,7 +88,7 @@ def test_a_penalty_sae_records_the_l0_its_weight_was_calibrated_for(tmp_path):
 
     from pipeline.config import get_preset
     from pipeline.train import train
-    from trainers.data import InMemoryActivations
+    from trainers.training.data import InMemoryActivations
 
     cfg = get_preset("tiny")
     cfg.train = TrainConfig(**{**__import__("dataclasses").asdict(cfg.train), "trainers": ["relu_l1"], "seeds": [0],

@@ -11,10 +11,9 @@ import torch
 from pipeline.config import get_preset
 from pipeline.train import train
 from tests.trainers_fixtures import synthetic_acts, write_store
-from trainers.config import TrainConfig
-from trainers.export import ModelInfo, export_sae
-from trainers.registry import build_sae
-from trainers.splitting import SPLIT_COLUMNS
+from trainers.training.config import TrainConfig
+from trainers.training.export import SPLIT_COLUMNS, ModelInfo, export_sae
+from trainers.training.registry import build_sae
 
 D, M, K = 24, 48, 4
 META_FIELDS = {"name", "trainer", "seed", "architecture", "k", "d_in", "d_sae", "model_name", "model_source",

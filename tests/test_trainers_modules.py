@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import trainers.sae as sae_mod
-from trainers.batchtopk import BatchTopKSAE, batch_topk_codes
-from trainers.config import TrainConfig, TrainConfigError
-from trainers.loop import lr_at
-from trainers.matryoshka import MatryoshkaBatchTopKSAE
-from trainers.sae import row_topk_codes, sparse_decode
-from trainers.topk import TopKSAE
+import trainers.saes.sae as sae_mod
+from trainers.saes.batchtopk import BatchTopKSAE, batch_topk_codes
+from trainers.saes.matryoshka import MatryoshkaBatchTopKSAE
+from trainers.saes.sae import row_topk_codes, sparse_decode
+from trainers.saes.topk import TopKSAE
+from trainers.training.config import TrainConfig, TrainConfigError
+from trainers.training.loop import lr_at
 
 
 @pytest.mark.parametrize("dense_ratio", [0, 10_000])
@@ -137,9 +137,9 @@ def test_matryoshka_shared_prefix_gradients_equal_the_per_prefix_ones():
 def test_bf16_precision_setting_runs_the_products_in_bf16_and_keeps_the_run_reproducible(tmp_path):
     """train.precision bf16: autocast on CPU, fused Adam, float32 weights; two runs agree bit for bit
     and differ from the float32 setting's run."""
-    from trainers.data import InMemoryActivations
-    from trainers.export import ModelInfo
-    from trainers.loop import train_sae
+    from trainers.training.data import InMemoryActivations
+    from trainers.training.export import ModelInfo
+    from trainers.training.loop import train_sae
     from safetensors.torch import load_file
 
     acts = torch.randn(4096, 16, generator=torch.Generator().manual_seed(7))
@@ -178,7 +178,7 @@ def test_lr_schedule_and_config_validation():
 def test_training_step_under_bf16_autocast_gives_finite_fp32_gradients(trainer, precision):
     """The loop uses bf16 autocast on GPU (and on CPU with train.precision bf16); the custom backward
     passes must cope with bf16 values."""
-    from trainers.registry import build_sae
+    from trainers.training.registry import build_sae
 
     model = build_sae(trainer, TrainConfig(d_sae=64, k=4, precision=precision,
                                            options={"matryoshka": {"group_fractions": [0.5, 0.5]}}), 16,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.repair import REPAIR_COLUMNS, repair_absorption
-from trainers.topk import TopKSAE
-from trainers.tracker import FrequencyConsistencyTracker
+from trainers.fc.repair import repair_absorption
+from trainers.fc.tracker import FrequencyConsistencyTracker
+from trainers.saes.topk import TopKSAE
+from trainers.training.export import REPAIR_COLUMNS
 
 D, M = 16, 8
 

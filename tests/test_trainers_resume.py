@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 
 from cache_tools import open_store
 from tests.trainers_fixtures import synthetic_acts, write_store
-from trainers.config import TrainConfig
-from trainers.data import InMemoryActivations
-from trainers.export import ModelInfo
-from trainers.loop import TrainingDivergedError, train_sae
+from trainers.training.config import TrainConfig
+from trainers.training.data import InMemoryActivations
+from trainers.training.export import ModelInfo
+from trainers.training.loop import TrainingDivergedError, train_sae
 
 REPO = Path(__file__).resolve().parents[1]
 INFO = ModelInfo("synthetic", "tiny-random", 0, "blocks.0.hook_resid_post")
@@ -30,9 +30,9 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     from cache_tools import open_store
-    from trainers.config import TrainConfig
-    from trainers.export import ModelInfo
-    from trainers.loop import train_sae
+    from trainers.training.config import TrainConfig
+    from trainers.training.export import ModelInfo
+    from trainers.training.loop import train_sae
     cfg = TrainConfig(**{cfg!r})
     def die(step):
         os.kill(os.getpid(), signal.SIGKILL)

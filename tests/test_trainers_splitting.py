@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from trainers.resampling import resample_dead
-from trainers.splitting import (SPLIT_COLUMNS, fc_split, reservoir_row_counts, select_candidates,
-                                select_random_candidates, select_slots)
-from trainers.topk import TopKSAE
-from trainers.relu_l1 import ReluL1SAE
-from trainers.tracker import FrequencyConsistencyTracker
+from trainers.fc.splitting import (fc_split, reservoir_row_counts, select_candidates, select_random_candidates,
+                                   select_slots)
+from trainers.fc.tracker import FrequencyConsistencyTracker
+from trainers.saes.relu_l1 import ReluL1SAE
+from trainers.saes.topk import TopKSAE
+from trainers.training.export import SPLIT_COLUMNS
+from trainers.training.resampling import resample_dead
 
 D, M = 16, 8
 
@@ -274,7 +275,7 @@ def _reference_two_direction_patterns(u_ND: torch.Tensor, iters: int = 10):
 
 
 def test_batched_two_direction_patterns_match_the_per_group_version():
-    from trainers.splitting import two_direction_patterns
+    from trainers.fc.splitting import two_direction_patterns
 
     gen = torch.Generator().manual_seed(11)
     groups, parts = [], []

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from trainers.tracker import FrequencyConsistencyTracker, encoder_suppression
+from trainers.fc.tracker import FrequencyConsistencyTracker, encoder_suppression
 
 B, M, D, K, STEPS, BETA = 10, 12, 5, 3, 4, 0.9
 
@@ -152,7 +152,7 @@ def test_reset_and_state_roundtrip_and_projection_memory():
 
 
 def reference_holes(batches, beta: float, hole_rows: int):
-    """Per-latent loops of the hole statistics (trainers.tracker's docstring)."""
+    """Per-latent loops of the hole statistics (trainers.fc.tracker's docstring)."""
     m = batches[0][1].shape[1]
     fired, proj, present, holes = [0.0] * m, [0.0] * m, [0.0] * m, [0.0] * m
     for x, a, center, W_dec in batches:
@@ -295,10 +295,10 @@ def test_training_with_neighbours_records_exclusion_in_the_history(tmp_path):
     import pandas as pd
 
     from pipeline.config import get_preset
-    from trainers.config import TrackerConfig
-    from trainers.data import InMemoryActivations
-    from trainers.export import ModelInfo
-    from trainers.loop import train_sae
+    from trainers.training.config import TrackerConfig
+    from trainers.training.data import InMemoryActivations
+    from trainers.training.export import ModelInfo
+    from trainers.training.loop import train_sae
 
     cfg = get_preset("tiny").train
     cfg = dataclasses.replace(cfg, n_tokens=4096, tracker=TrackerConfig(beta=0.9, hole_rows=64, neighbours=4,

@@ -7,8 +7,8 @@ import torch
 
 from fc_base.errors import check
 from fc_base.options import Options
-from trainers.recipe import Recipe, register
-from trainers.sae import SparseAutoencoder, SparseCodes, StepOutput, auxk_loss, latent_major_product, sparse_decode
+from trainers.saes.sae import SparseAutoencoder, SparseCodes, StepOutput, auxk_loss, latent_major_product, sparse_decode
+from trainers.training.recipe import Recipe, register
 
 
 @dataclass

@@ -41,12 +41,19 @@ from typing import NamedTuple
 
 import torch
 
-from trainers.sae import latent_major_csr
+from trainers.saes.sae import latent_major_csr
+from trainers.training.recipe import MaintenanceContext
 
 
 def memory_steps(beta: float) -> int:
     """Steps an EMA of decay ``beta`` needs to reflect its inputs (1 / (1 - beta))."""
     return int(round(1.0 / (1.0 - beta))) if beta > 0 else 1
+
+
+def tracker_warm(ctx: MaintenanceContext) -> bool:
+    """Whether the tracker's EMAs have seen 1 / (1 - beta) steps: hooks driven by its statistics act
+    only then."""
+    return ctx.step >= memory_steps(ctx.cfg.tracker.beta)
 
 
 class TrackerStep(NamedTuple):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from trainers.recipe import MaintenanceContext, MaintenanceResult
-from trainers.sae import SparseAutoencoder
-from trainers.surgery import RESAMPLED_ENCODER_SCALE, mean_encoder_norm, reinit_latents
-from trainers.tracker import FrequencyConsistencyTracker
+from trainers.fc.tracker import FrequencyConsistencyTracker
+from trainers.saes.sae import SparseAutoencoder
+from trainers.training.recipe import MaintenanceContext, MaintenanceResult
+from trainers.training.surgery import RESAMPLED_ENCODER_SCALE, mean_encoder_norm, reinit_latents
 
 
 @torch.no_grad()

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 
 from fc_base.errors import ConfigError
+from trainers.training.config import TrainConfig
+from trainers.training.recipe import build_options, get_recipe
 
+FAMILY_SECTION = "batchtopk"
+"""The option section of the BatchTopK family (``trainers.saes.batchtopk.BatchTopKOptions``). The
+recipes that read it have a threshold to calibrate, and its ``calibration_rows`` sizes the slices;
+it is found by name through the registry, so the machinery names no architecture."""
 DEFAULT_ROWS = 32768
 """Rows of the calibration slice (and again of the check slice)."""
 CHUNK_ROWS = 2048
@@ -134,10 +140,12 @@ def require_calibrated_family(name: str, trainer: str) -> None:
 def is_calibrated_family(trainer: str) -> bool:
     """Whether SAEs of this recipe have a threshold the project calibrates: the recipes that read
     the BatchTopK family's options (BatchTopK, Matryoshka and their FC variants)."""
-    from trainers.batchtopk import BatchTopKOptions
-    from trainers.recipe import get_recipe
+    return any(cls.section == FAMILY_SECTION for cls in get_recipe(trainer).options)
 
-    return BatchTopKOptions in get_recipe(trainer).options
+
+def calibration_rows_for(cfg: TrainConfig) -> int:
+    """``train.options.batchtopk.calibration_rows`` of a train config."""
+    return build_options(FAMILY_SECTION, cfg.options.get(FAMILY_SECTION, {})).calibration_rows
 
 
 def calibration_rows_of(folder: Path) -> int:
@@ -150,7 +158,7 @@ def calibration_rows_of(folder: Path) -> int:
     path = Path(folder) / TRAIN_CONFIG_FILE
     if path.is_file():
         options = json.loads(path.read_text()).get("options", {})
-        return int(options.get("batchtopk", {}).get("calibration_rows", DEFAULT_ROWS))
+        return int(options.get(FAMILY_SECTION, {}).get("calibration_rows", DEFAULT_ROWS))
     return DEFAULT_ROWS
 
 

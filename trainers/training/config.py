@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 from fc_base.errors import ConfigError
 from fc_base.errors import check as _check
 from fc_base.options import resolve_sections, upgrade_legacy
+from trainers.training.recipe import build_options, option_sections, recipe_names
 
 TrainConfigError = ConfigError  # the name older code and tests catch
 
@@ -164,8 +165,6 @@ class TrainConfig:
     at ``k``). Each point may restrict its trainers and seeds to thin the grid."""
 
     def __post_init__(self) -> None:
-        from trainers.recipe import option_sections, recipe_names
-
         known = recipe_names()
         bad = [t for t in self.trainers if t not in known]
         _check(not bad, f"train.trainers: unknown trainer {bad[0]!r} (allowed: {', '.join(known)})"
@@ -237,8 +236,6 @@ class TrainConfig:
 
     def option(self, cls: type) -> Any:
         """The option group ``cls`` (an ``Options`` dataclass) of this config."""
-        from trainers.recipe import build_options
-
         return build_options(cls.section, self.options.get(cls.section, {}))
 
     @classmethod

@@ -23,12 +23,13 @@ import torch
 from fc_base import sae_folder as folder_schema
 from fc_base.io import write_json_atomic, write_parquet_atomic
 from fc_base.sae_folder import SAEMeta
-from trainers.config import TrainConfig
-from trainers.data import ActivationSource
-from trainers.export import ModelInfo
-from trainers.matryoshka import MatryoshkaOptions
-from trainers.recipe import Recipe, register
-from trainers.topk import AuxKOptions
+from trainers.saes.matryoshka import MatryoshkaOptions
+from trainers.saes.topk import AuxKOptions
+from trainers.training.config import TrainConfig
+from trainers.training.data import ActivationSource
+from trainers.training.export import ModelInfo, history_frame, splits_frame
+from trainers.training.loop import TrainResult, resolve_device
+from trainers.training.recipe import Recipe, register
 
 
 def _endless_batches(source: ActivationSource, cfg: TrainConfig, seed: int, device: str):
@@ -44,7 +45,7 @@ def _endless_batches(source: ActivationSource, cfg: TrainConfig, seed: int, devi
 
 
 def _matryoshka_widths(cfg: TrainConfig) -> list[int]:
-    # The same group sizes as trainers.matryoshka, as SAELens's cumulative widths.
+    # The same group sizes as trainers.saes.matryoshka, as SAELens's cumulative widths.
     sizes = [int(round(f * cfg.d_sae)) for f in cfg.option(MatryoshkaOptions).group_fractions]
     sizes[-1] = cfg.d_sae - sum(sizes[:-1])
     return torch.tensor(sizes).cumsum(0).tolist()
@@ -70,8 +71,6 @@ def train_with_saelens(kind: str, source: ActivationSource, cfg: TrainConfig, tr
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    from trainers.loop import TrainResult, resolve_device
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = str(resolve_device(cfg.device))
@@ -93,10 +92,8 @@ def train_with_saelens(kind: str, source: ActivationSource, cfg: TrainConfig, tr
         fitted.save_inference_model(tmp)
         for name in (folder_schema.WEIGHTS_FILE, folder_schema.SAELENS_CFG_FILE):
             shutil.move(str(Path(tmp) / name), str(out_dir / name))
-    from trainers.loop import _history_frame, _splits_frame
-
-    write_parquet_atomic(out_dir / folder_schema.HISTORY_FILE, _history_frame([], cfg.d_sae))
-    write_parquet_atomic(out_dir / folder_schema.SPLITS_FILE, _splits_frame([]))
+    write_parquet_atomic(out_dir / folder_schema.HISTORY_FILE, history_frame([], cfg.d_sae))
+    write_parquet_atomic(out_dir / folder_schema.SPLITS_FILE, splits_frame([]))
     SAEMeta(name=out_dir.name, trainer=trainer, seed=seed, architecture="jumprelu", k=cfg.k, d_in=source.d_model,
             d_sae=cfg.d_sae, model_name=info.model_name, model_source=info.model_source, layer=info.layer,
             hook_name=info.hook_name, train_tokens=total * cfg.batch_size, l0_target=cfg.k, final_l0=None,

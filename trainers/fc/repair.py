@@ -14,30 +14,38 @@ c is what fires on those rows. A repair event:
      re-fits both encoders to their decoder directions (each keeps its norm and bias), so p's encoder
      is no longer turned away from c's own direction;
    - ``encoder``: only re-fits p's encoder to its decoder direction (un-suppresses the parent);
-4. clears Adam moments and tracker state of every touched latent (trainers.surgery).
+4. clears Adam moments and tracker state of every touched latent (trainers.training.surgery).
 
 The control (``random_generator``) flags as many parents, uniformly among the eligible living
 latents, and runs the same child search and surgery: a gain over it is the statistic's.
+
+:func:`repair_maintain` is the maintenance hook of the repair recipes (``fc2_topk`` and its
+variants, registered in trainers.fc.recipes), with their options :class:`FC2Options`. No event
+before the tracker's EMAs have seen 1 / (1 - beta) steps; recently touched latents are neither
+flagged nor part of the threshold's statistics.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-from trainers.sae import SparseAutoencoder
-from trainers.splitting import select_candidates, select_random_candidates
-from trainers.surgery import reinit_latents
-from trainers.tracker import FrequencyConsistencyTracker, encoder_suppression
+from fc_base.errors import check
+from fc_base.options import Options
+from trainers.fc.splitting import select_candidates, select_random_candidates
+from trainers.fc.tracker import FrequencyConsistencyTracker, encoder_suppression, tracker_warm
+from trainers.saes.sae import SparseAutoencoder
+from trainers.training.recipe import MaintenanceContext, MaintenanceResult
+from trainers.training.surgery import reinit_latents
 
-REPAIR_COLUMNS = ["step", "latent", "child", "score", "hole_rows", "child_share", "cos_before", "cos_after", "mode"]
 REPAIR_MODES = ("decoder", "encoder")
 REPAIR_STATISTICS = ("hole_score", "encoder_suppression")
 
 
 class RepairResult(NamedTuple):
     rows: list[dict]
-    """One log row per repaired parent (REPAIR_COLUMNS)."""
+    """One log row per repaired parent (trainers.training.export.REPAIR_COLUMNS)."""
     touched_ids: torch.Tensor
     """Every latent whose weights changed."""
 
@@ -125,3 +133,35 @@ def repair_absorption(model: SparseAutoencoder, optimizer: torch.optim.Optimizer
     reinit_latents(model, optimizer, tracker, ids_L, torch.stack(dirs), torch.stack(norms).cpu(),
                    torch.stack(biases).cpu())
     return RepairResult(rows, ids_L)
+
+
+@dataclass
+class FC2Options(Options):
+    """Absorption repair events."""
+
+    section = "fc2"
+    z: float = 1.0
+    """Parents are flagged when their hole score is above mean + z * std."""
+    max_frac: float = 0.01
+    """At most this fraction of the dictionary is repaired per event."""
+    min_rows: int = 8
+    """A flagged parent needs at least this many hole rows in the reservoir."""
+
+    def __post_init__(self) -> None:
+        check(0 < self.max_frac <= 0.5, f"train.options.fc2.max_frac must be in (0, 0.5], got {self.max_frac}")
+        check(self.min_rows >= 1, f"train.options.fc2.min_rows must be >= 1, got {self.min_rows}")
+
+
+def repair_maintain(mode: str, control: bool = False, statistic: str = "hole_score"):
+    """The maintenance hook of a repair recipe: one :func:`repair_absorption` event with its options."""
+    def maintain(ctx: MaintenanceContext) -> MaintenanceResult:
+        if not tracker_warm(ctx):
+            return MaintenanceResult.nothing()
+        opts = ctx.cfg.option(FC2Options)
+        result = repair_absorption(ctx.model, ctx.optimizer, ctx.tracker, ctx.reservoir_RD,
+                                   ctx.model.b_dec.data.detach(), step=ctx.step, z=opts.z, max_frac=opts.max_frac,
+                                   min_rows=opts.min_rows, mode=mode, protected_M=ctx.recently_touched_M,
+                                   random_generator=ctx.generator if control else None, statistic=statistic)
+        return MaintenanceResult(result.touched_ids, [], 0, result.rows)
+
+    return maintain

@@ -1,9 +1,10 @@
 """FC guidance: FrequencyConsistencyTracker-steered splitting, composable with any recipe.
 
 ``with_fc_guidance(base)`` makes a recipe that trains ``base``'s SAE and, at every maintenance step,
-splits the latents with the highest absorption score s_i = f_i (1 - c_i) (trainers.splitting), then
+splits the latents with the highest absorption score s_i = f_i (1 - c_i) (trainers.fc.splitting), then
 runs ``base``'s own maintenance (e.g. resampling of the dead latents the splits left unused). The
-recipes ``fc_topk``, ``fc_relu_l1``, ``fc_batchtopk`` and ``fc_matryoshka`` are built this way.
+recipes ``fc_topk``, ``fc_relu_l1``, ``fc_batchtopk`` and ``fc_matryoshka`` are built this way
+(trainers.fc.recipes).
 
 ``with_fc_guidance(base, control=True)`` is the random-surgery control (``random_split_<base>``): the
 same events at the same steps, as many splits per event as the score rule would make, the same
@@ -18,8 +19,9 @@ import torch
 
 from fc_base.errors import check
 from fc_base.options import Options
-from trainers.recipe import MaintenanceContext, MaintenanceResult, Recipe, tracker_warm
-from trainers.splitting import fc_split
+from trainers.fc.splitting import fc_split
+from trainers.fc.tracker import tracker_warm
+from trainers.training.recipe import MaintenanceContext, MaintenanceResult, Recipe
 
 
 @dataclass

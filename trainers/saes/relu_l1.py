@@ -1,5 +1,5 @@
 """ReLU SAE with an L1 penalty on activations times decoder norms (Anthropic, April 2024);
-dead latents are resampled by trainers.resampling."""
+dead latents are resampled by trainers.training.resampling."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,9 +8,9 @@ import torch
 
 from fc_base.errors import check
 from fc_base.options import Options
-from trainers.recipe import Recipe, register
-from trainers.resampling import resample_maintain
-from trainers.sae import SparseAutoencoder, StepOutput
+from trainers.saes.sae import SparseAutoencoder, StepOutput
+from trainers.training.recipe import Recipe, register
+from trainers.training.resampling import resample_maintain
 
 
 @dataclass

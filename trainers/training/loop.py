@@ -8,7 +8,7 @@ a NaN/inf guard that stops with the step and tensor named before anything bad is
 
 ``train_sae`` runs named steps: ``_setup`` (build or resume), ``_train_step`` (one optimiser
 step), ``_bookkeep`` (tracker, dead counters, reservoir, log), ``_maintain`` (the recipe's hook),
-``_checkpoint`` and ``_export``. The loop knows no recipe by name (trainers.recipe).
+``_checkpoint`` and ``_export``. The loop knows no recipe by name (trainers.training.recipe).
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
 from fc_base import sae_folder as folder_schema
@@ -31,19 +30,16 @@ from fc_base.progress import stage_progress
 from fc_base.sae_folder import SAEMeta
 from fc_base.torch_utils import resolve_device as _resolve_device_name
 from fc_base.torch_utils import slow_cpu_low_precision
-from trainers.calibration import ThresholdCalibration, calibrate_threshold, is_calibrated_family
-from trainers.checkpoint import load_latest_checkpoint, save_checkpoint
-from trainers.config import TrainConfig
-from trainers.data import ActivationSource, first_rows, norm_scale_of
-from trainers.export import ModelInfo, export_sae
-from trainers.recipe import MaintenanceContext, Recipe, get_recipe, l0_target_of
-from trainers.sae import SparseAutoencoder, StepOutput
-from trainers.splitting import SPLIT_COLUMNS
-from trainers.tracker import FrequencyConsistencyTracker, TrackerStep, encoder_suppression, memory_steps
+from trainers.fc.tracker import FrequencyConsistencyTracker, TrackerStep, encoder_suppression, memory_steps
+from trainers.saes.sae import SparseAutoencoder, StepOutput
+from trainers.training.calibration import (ThresholdCalibration, calibrate_threshold, calibration_rows_for,
+                                           is_calibrated_family)
+from trainers.training.checkpoint import load_latest_checkpoint, save_checkpoint
+from trainers.training.config import TrainConfig
+from trainers.training.data import ActivationSource, first_rows, norm_scale_of
+from trainers.training.export import ModelInfo, export_sae, history_frame, repairs_frame, splits_frame
+from trainers.training.recipe import MaintenanceContext, Recipe, get_recipe, l0_target_of
 
-HISTORY_COLUMNS = ["step", "latent", "frequency", "consistency", "absorption_score"]
-"""The columns every fc_history.parquet has; trackers that keep more statistics add theirs
-(hole_rate, hole_score, encoder_suppression)."""
 # Config fields that may change between a checkpoint and its resume without changing the result.
 RESUME_FREE_FIELDS = {"trainers", "seeds", "device", "checkpoint_every", "keep_checkpoints", "cpu_threads"}
 
@@ -192,33 +188,6 @@ def _snapshot(run: _Run) -> dict[str, np.ndarray]:
     else:
         stats["encoder_suppression"] = np.full(run.cfg.d_sae, np.nan, dtype=np.float32)
     return {"step": run.step, **stats}
-
-
-def _history_frame(history: list[dict[str, np.ndarray]], d_sae: int) -> pd.DataFrame:
-    if not history:
-        return pd.DataFrame({c: pd.Series(dtype="int64" if c in ("step", "latent") else "float32")
-                             for c in HISTORY_COLUMNS})
-    names = [k for k in history[0] if k != "step"]
-    return pd.DataFrame({
-        "step": np.repeat(np.array([h["step"] for h in history], dtype=np.int64), d_sae),
-        "latent": np.tile(np.arange(d_sae, dtype=np.int64), len(history)),
-        **{name: np.concatenate([h[name] for h in history]).astype(np.float32) for name in names},
-    })
-
-
-def _repairs_frame(repairs: list[dict]) -> pd.DataFrame:
-    from trainers.repair import REPAIR_COLUMNS
-
-    dtypes = {"step": "int64", "latent": "int64", "child": "int64", "score": "float64", "hole_rows": "int64",
-              "child_share": "float64", "cos_before": "float64", "cos_after": "float64", "mode": "object"}
-    return pd.DataFrame(repairs, columns=REPAIR_COLUMNS).astype(dtypes)
-
-
-def _splits_frame(splits: list[dict]) -> pd.DataFrame:
-    dtypes = {"step": "int64", "latent": "int64", "slot": "int64", "score": "float64",
-              "frequency": "float64", "consistency": "float64", "cosine": "float64", "slot_frequency": "float64",
-              "slot_dead": "bool"}
-    return pd.DataFrame(splits, columns=SPLIT_COLUMNS).astype(dtypes)
 
 
 def _truncate_log(path: Path, keep_below_step: int) -> None:
@@ -378,13 +347,11 @@ def _checkpoint(run: _Run, out_dir: Path, on_checkpoint: Callable[[int], None] |
 
 def _calibrate_threshold(run: _Run, source: ActivationSource) -> ThresholdCalibration | None:
     """The BatchTopK family's exported threshold, set with the trained weights frozen so that the
-    mean L0 on cache rows is k (trainers.calibration); None for other recipes."""
+    mean L0 on cache rows is k (trainers.training.calibration); None for other recipes."""
     if not is_calibrated_family(run.trainer):
         return None
-    from trainers.batchtopk import BatchTopKOptions
-
     weights = run.model.export_tensors(run.norm_scale)
-    record = calibrate_threshold(weights, source, run.cfg.k, rows=run.cfg.option(BatchTopKOptions).calibration_rows)
+    record = calibrate_threshold(weights, source, run.cfg.k, rows=calibration_rows_for(run.cfg))
     run.model.threshold.fill_(record.threshold)
     return record
 
@@ -394,9 +361,9 @@ def _export(run: _Run, source: ActivationSource, out_dir: Path, info: ModelInfo)
     cfg, total = run.cfg, run.cfg.total_steps
     calibration = _calibrate_threshold(run, source)
     export_sae(run.model, out_dir, run.norm_scale, info)
-    write_parquet_atomic(out_dir / folder_schema.HISTORY_FILE, _history_frame(run.history, cfg.d_sae))
-    write_parquet_atomic(out_dir / folder_schema.SPLITS_FILE, _splits_frame(run.splits))
-    write_parquet_atomic(out_dir / folder_schema.REPAIRS_FILE, _repairs_frame(run.repairs))
+    write_parquet_atomic(out_dir / folder_schema.HISTORY_FILE, history_frame(run.history, cfg.d_sae))
+    write_parquet_atomic(out_dir / folder_schema.SPLITS_FILE, splits_frame(run.splits))
+    write_parquet_atomic(out_dir / folder_schema.REPAIRS_FILE, repairs_frame(run.repairs))
     final_l0 = float(np.mean(run.recent_l0)) if run.recent_l0 else 0.0
     k_value = cfg.k if run.recipe.sparsity == "k" else None
     SAEMeta(name=out_dir.name, trainer=run.trainer, seed=run.seed, architecture=run.model.architecture, k=k_value,

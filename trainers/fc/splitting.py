@@ -10,7 +10,7 @@ encoder: half its encoder column and bias each, so together they give the parent
 apart along the whitened direction that separates the two patterns' inputs (each half then fires
 mostly on its own pattern, and neither on tokens the parent ignored). Without dead slots fewer
 latents are split: a living latent is never overwritten. Moments and tracker state of touched latents
-are cleared (trainers.surgery).
+are cleared (trainers.training.surgery).
 
 ``choose`` replaces the statistic: the random-surgery control picks as many candidates as the score
 rule would, uniformly among the eligible latents with enough reservoir rows to be split, and runs the
@@ -22,17 +22,14 @@ from typing import NamedTuple
 
 import torch
 
-from trainers.sae import SparseAutoencoder
-from trainers.surgery import set_latents
-from trainers.tracker import FrequencyConsistencyTracker
-
-SPLIT_COLUMNS = ["step", "latent", "slot", "score", "frequency", "consistency", "cosine", "slot_frequency",
-                 "slot_dead"]
+from trainers.fc.tracker import FrequencyConsistencyTracker
+from trainers.saes.sae import SparseAutoencoder
+from trainers.training.surgery import set_latents
 
 
 class SplitResult(NamedTuple):
     rows: list[dict]
-    """One log row per split (SPLIT_COLUMNS)."""
+    """One log row per split (trainers.training.export.SPLIT_COLUMNS)."""
     touched_ids: torch.Tensor
     """Every latent whose weights changed (candidates and slots)."""
 

@@ -1,12 +1,13 @@
-"""Latent surgery shared by FC splitting and dead-latent resampling: overwrite some latents'
-encoder/decoder, and in the same breath clear the Adam moments and tracker statistics that
-described the old latents (stale moments would push the new directions straight back)."""
+"""Latent surgery, the tool of every maintenance hook (FC splitting and repair, dead-latent
+resampling): overwrite some latents' encoder/decoder, and in the same breath clear the Adam moments
+and tracker statistics that described the old latents (stale moments would push the new directions
+straight back)."""
 from __future__ import annotations
 
 import torch
 
-from trainers.sae import SparseAutoencoder
-from trainers.tracker import FrequencyConsistencyTracker
+from trainers.fc.tracker import FrequencyConsistencyTracker
+from trainers.saes.sae import SparseAutoencoder
 
 RESAMPLED_ENCODER_SCALE = 0.2
 """New latents' encoder norm relative to the living latents' mean (Anthropic-style resampling)."""

@@ -4,8 +4,9 @@ A recipe names an SAE to train: how to build the module, which option groups it 
 ``train.options`` (each a small dataclass holding only its own knobs), and an optional ``maintain``
 hook the training loop calls at the scheduled maintenance steps (every ``train.resample_every``
 steps, not in the settling phase): dead-latent resampling, FC-guided splitting, or nothing.
-The loop knows no recipe names; a new recipe is one file that calls :func:`register` plus one
-import line in :mod:`trainers.registry`.
+The loop knows no recipe names; a new architecture's recipe is registered in its own file under
+``trainers/saes`` (plus one import line in :mod:`trainers.training.registry`), an FC recipe in
+:mod:`trainers.fc.recipes`.
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from fc_base.options import PluginRegistry
 if TYPE_CHECKING:  # the option dataclasses stay importable without torch
     import torch
 
-    from trainers.config import TrainConfig
-    from trainers.sae import SparseAutoencoder
-    from trainers.tracker import FrequencyConsistencyTracker
+    from trainers.fc.tracker import FrequencyConsistencyTracker
+    from trainers.saes.sae import SparseAutoencoder
+    from trainers.training.config import TrainConfig
 
 
 class MaintenanceContext(NamedTuple):
@@ -57,14 +58,6 @@ class MaintenanceResult(NamedTuple):
         return MaintenanceResult(torch.empty(0, dtype=torch.long), [], 0)
 
 
-def tracker_warm(ctx: MaintenanceContext) -> bool:
-    """Whether the tracker's EMAs have seen 1 / (1 - beta) steps: hooks driven by its statistics act
-    only then."""
-    from trainers.tracker import memory_steps
-
-    return ctx.step >= memory_steps(ctx.cfg.tracker.beta)
-
-
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -99,7 +92,7 @@ def l0_target_of(recipe: Recipe, cfg: "TrainConfig") -> int | None:
     return None
 
 
-RECIPES = PluginRegistry("trainer", "train", "trainers.registry")
+RECIPES = PluginRegistry("trainer", "train", "trainers.training.registry")
 
 
 def register(recipe: Recipe) -> Recipe:

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from fc_base.errors import check
-from trainers.batchtopk import BatchTopKOptions, BatchTopKSAE, candidate_count
 from fc_base.options import Options
-from trainers.recipe import Recipe, register
-from trainers.sae import SparseCodes, cpu_bf16_enabled, latent_major_product, sparse_decode, value_grads
-from trainers.topk import AuxKOptions
+from trainers.saes.batchtopk import BatchTopKOptions, BatchTopKSAE, candidate_count
+from trainers.saes.sae import SparseCodes, cpu_bf16_enabled, latent_major_product, sparse_decode, value_grads
+from trainers.saes.topk import AuxKOptions
+from trainers.training.recipe import Recipe, register
 
 
 @dataclass

@@ -8,9 +8,9 @@ import torch
 
 from fc_base.errors import check
 from fc_base.options import Options
-from trainers.recipe import Recipe, register
-from trainers.sae import SparseAutoencoder, SparseCodes, StepOutput, auxk_loss, sparse_decode
-from trainers.topk import AuxKOptions
+from trainers.saes.sae import SparseAutoencoder, SparseCodes, StepOutput, auxk_loss, sparse_decode
+from trainers.saes.topk import AuxKOptions
+from trainers.training.recipe import Recipe, register
 
 
 @dataclass
@@ -22,7 +22,7 @@ class BatchTopKOptions(Options):
     """EMA decay of the running threshold, bias-corrected so that no initial value lingers, with a
     memory of 1 / (1 - beta) steps so that it follows the weights (a longer memory lags behind a
     run of ~1000 steps). It is logged while training; the exported threshold is calibrated instead
-    (trainers.calibration)."""
+    (trainers.training.calibration)."""
     calibration_rows: int = 32768
     """Rows of the activation cache the exported threshold is calibrated on (mean L0 = k there),
     and as many again, disjoint, to check it."""
