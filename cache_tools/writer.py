@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cache_tools.errors import StoreError
-from cache_tools.layout import (ACTS, ARRAYS, LAYOUT_ATTR, MANIFEST_NAME, TMP_DIR_NAME, TOKEN_DTYPE,
+from cache_tools.layout import (ACTS, ARRAYS, LAYOUT_ATTR, MANIFEST_NAME, TMP_DIR_NAME,
                                 StoreSpec, create_zarr_layout, read_group_attrs, shard_path)
 from cache_tools.manifest import FileRecord, Manifest, ShardRecord, fsync_dir, now
 from cache_tools.shard_format import encode_index
@@ -154,7 +154,3 @@ def _all_finite(acts: np.ndarray, acts_dtype: str) -> bool:
     if acts_dtype == "bfloat16":
         return bool(torch.isfinite(torch.from_numpy(acts.view(np.int16)).view(torch.bfloat16)).all())
     return bool(np.isfinite(acts).all())
-
-
-def token_array(values) -> np.ndarray:
-    return np.ascontiguousarray(values, dtype=TOKEN_DTYPE)

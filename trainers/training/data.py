@@ -70,8 +70,3 @@ def norm_scale_of(rows_ND: torch.Tensor) -> float:
     if mean_sq <= 0:
         raise ValueError("activation cache rows are all zero; cannot normalise")
     return (rows_ND.shape[1] / mean_sq) ** 0.5
-
-
-def estimate_norm_scale(source: ActivationSource, n_rows: int) -> float:
-    """The factor s with E||s x||^2 = d_model, from the first rows of the source."""
-    return norm_scale_of(first_rows(source, n_rows))
