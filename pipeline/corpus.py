@@ -116,9 +116,9 @@ def _hub_documents(cfg: CorpusConfig) -> Iterator[str]:
     if not pipeline.online():
         raise CorpusError(f"corpus {cfg.source!r} is a Hugging Face dataset and Hub access is off; "
                           "set FC_SAE_ONLINE=1 on a machine that reaches the Hub, or use local files")
-    from pipeline.models import _hub_reachable
+    from pipeline.models import hub_reachable
 
-    if not _hub_reachable():
+    if not hub_reachable():
         raise CorpusError(f"corpus {cfg.source!r} needs the Hugging Face Hub, which is unreachable from here")
     import datasets
 

@@ -149,7 +149,7 @@ def _check_source(source: str) -> None:
         raise ValueError(f"model source must be one of {SOURCES}, got {source!r}")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
     try:
         with socket.create_connection((host, 443), timeout=timeout):
@@ -190,7 +190,7 @@ def _require_hub(name: str) -> None:
         raise ModelUnavailableError(
             f"model {name!r} is not available offline (only {EMBEDDED_GEMMA} is embedded); "
             "set FC_SAE_ONLINE=1 on a machine that reaches the Hugging Face Hub")
-    if not _hub_reachable():
+    if not hub_reachable():
         raise ModelUnavailableError(f"model {name!r} needs the Hugging Face Hub, which is unreachable from here")
 
 

@@ -80,7 +80,7 @@ def test_hub_dataset_offline_and_unreachable(monkeypatch):
     monkeypatch.setenv("FC_SAE_ONLINE", "1")
     import pipeline.models as models
 
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(corpus.CorpusError, match="unreachable"):
         corpus.check_source(cfg)
 
@@ -100,7 +100,7 @@ def test_hub_dataset_streams_through_datasets(monkeypatch, tok):
         return datasets.IterableDataset.from_generator(lambda: iter(rows))
 
     monkeypatch.setenv("FC_SAE_ONLINE", "1")
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     cfg = CorpusConfig(source="someone/some-corpus", split="train", revision="abc", seed=5, context_length=8)
     docs = list(corpus.iter_documents(cfg))

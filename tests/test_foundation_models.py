@@ -79,7 +79,7 @@ def test_unknown_model_fails_fast_with_one_line():
 
 def test_hub_model_with_hub_allowed_but_unreachable_fails_fast(monkeypatch):
     monkeypatch.setenv("FC_SAE_ONLINE", "1")
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
     try:
         models.ensure_model("EleutherAI/pythia-70m-deduped")
     except models.ModelUnavailableError as e:
