@@ -57,6 +57,21 @@ def test_absorption_rows_use_sae_bench_metric_names_and_keep_every_letter(table)
         assert rows["n_main_latents"] >= 1
 
 
+def test_absorption_details_name_each_letters_latents(run_dir):
+    """Per first letter, the main latents the calculator named and the absorbers that are not among
+    them; together they are the run-level lists."""
+    for name, *_ in SAE_SPECS:
+        details = json.loads((run_dir / "eval" / name / "absorption.json").read_text())["details"]
+        per_letter = details["letter_latents"]
+        assert per_letter and set(per_letter) <= set("abcdefghijklmnopqrstuvwxyz")
+        for roles in per_letter.values():
+            assert not set(roles["main"]) & set(roles["absorbing"])
+        mains = set().union(*(set(r["main"]) for r in per_letter.values()))
+        absorbers = set().union(*(set(r["absorbing"]) for r in per_letter.values()))
+        assert mains == set(details["main_latents"])
+        assert absorbers - mains == set(details["absorbing_latents"])
+
+
 def test_absorption_probe_and_prompt_activations_are_shared(run_dir):
     roots = list((run_dir / "eval_artifacts" / "absorption").iterdir())
     assert len(roots) == 1  # one (model, layer, word sample) for the whole run
