@@ -249,6 +249,7 @@ class TrainConfig:
 
     @staticmethod
     def preset(name: str) -> "TrainConfig":
+        """The training settings of a named preset (:data:`TRAIN_PRESETS`)."""
         if name == "demo":
             # Sized for ~60-90 s per SAE on 2 CPU cores (~140 ms per step on one core, all included).
             return TrainConfig(d_sae=2048, k=32, n_tokens=512_000, batch_size=1024, resample_every=50,
@@ -265,4 +266,9 @@ class TrainConfig:
                                options={"fc": {"max_split_frac": 0.02, "dead_freq": 5e-3}},
                                dead_after_tokens=4096, checkpoint_every=64, snapshot_every=8,
                                log_every=4, norm_rows=4096, cpu_threads=1, tracker=TrackerConfig(beta=0.9))
-        raise TrainConfigError(f"no training preset {name!r}")
+        raise TrainConfigError(f"no training preset {name!r} (available: {', '.join(TRAIN_PRESETS)})")
+
+
+TRAIN_PRESETS = ("demo", "pythia70m", "tiny")
+"""The names :meth:`TrainConfig.preset` knows (the other run presets build their training settings
+in pipeline/config.py)."""
