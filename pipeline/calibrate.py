@@ -11,15 +11,13 @@ from pathlib import Path
 
 from fc_base.errors import ConfigError
 from fc_base.sae_folder import SAEMeta, list_sae_folders
+from pipeline.rundir import trained_and_cached_sources
 from trainers.training.calibration import (ThresholdCalibration, calibrate_folder, is_calibrated_family,
                                   require_calibrated_family)
 
 
 def _store_identity_error(store_attrs: dict, meta: SAEMeta) -> str | None:
-    model = store_attrs.get("model")
-    name = model.get("name") if isinstance(model, dict) else model
-    have = (name, store_attrs.get("layer"), store_attrs.get("hook_name"))
-    want = (meta.model_name, meta.layer, meta.hook_name)
+    want, have = trained_and_cached_sources(store_attrs, meta)
     if have != want:
         return (f"{meta.name} was trained on {want[0]} layer {want[1]} {want[2]}, but the activation cache holds "
                 f"{have[0]} layer {have[1]} {have[2]}; refusing to calibrate on it")

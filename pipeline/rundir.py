@@ -58,3 +58,11 @@ def config_for(run_dir: str | Path, preset: str | None = None, config_file: str 
         if not overrides:
             return prepare_run_dir(run_dir)  # raises: nothing says which config to run with
     return prepare_run_dir(run_dir, resolve_config(preset, config_file, overrides), check)
+
+
+def trained_and_cached_sources(store_attrs: dict, meta) -> tuple[tuple, tuple]:
+    """What an SAE folder (its SAEMeta) was trained on and what an activation cache (its group attrs)
+    holds, each as ``(model name, layer, hook name)``: equal when the SAE may read the cache."""
+    model = store_attrs.get("model")
+    name = model.get("name") if isinstance(model, dict) else model
+    return (meta.model_name, meta.layer, meta.hook_name), (name, store_attrs.get("layer"), store_attrs.get("hook_name"))

@@ -11,6 +11,7 @@ import pandas as pd
 
 from fc_base.errors import ConfigError
 from fc_base.sae_folder import HISTORY_FILE, SAES_DIR, SAEMeta, list_sae_folders
+from pipeline.rundir import trained_and_cached_sources
 from pipeline.dashboard.options import DashboardOptions, LatentChoice, LetterRole
 
 ABSORPTION_TASK = "absorption.json"
@@ -30,10 +31,7 @@ def sae_folder(run_dir: Path, name: str) -> Path:
 
 def check_cache_matches(store_attrs: dict, meta: SAEMeta, d_model: int) -> None:
     """The cache must hold the activations the SAE was trained on: same model, layer, hook, width."""
-    model = store_attrs.get("model")
-    name = model.get("name") if isinstance(model, dict) else model
-    have = (name, store_attrs.get("layer"), store_attrs.get("hook_name"))
-    want = (meta.model_name, meta.layer, meta.hook_name)
+    want, have = trained_and_cached_sources(store_attrs, meta)
     if have != want or d_model != meta.d_in:
         raise ConfigError(f"{meta.name} was trained on {want[0]} layer {want[1]} {want[2]} (d_in {meta.d_in}), but "
                           f"the activation cache holds {have[0]} layer {have[1]} {have[2]} (d_model {d_model})")
