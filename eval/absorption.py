@@ -312,15 +312,18 @@ def run_absorption(model, sae, sae_name: str, probe: ProbeArtifacts, opts: Absor
             result[f"letter/{r['letter']}/{key}"] = r[key] if r["included"] else Skipped(r["skip_reason"])
         result[f"letter/{r['letter']}/probe_f1"] = r["probe_f1"]
     result.prompt_forwards = sum(forwards for _, forwards, _ in per_seed)
-    result.main_latents = sorted(set().union(*(ids[0] for _, _, ids in per_seed)))
-    result.absorbing_latents = sorted(set().union(*(ids[1] for _, _, ids in per_seed)) - set(result.main_latents))
     result.letter_latents = {}
     for letter in LETTERS:  # the union over probe seeds; a main latent of the letter is never also its absorber
-        named = [ids[2][letter] for _, _, ids in per_seed if letter in ids[2]]
+        named = [by_letter[letter] for _, _, by_letter in per_seed if letter in by_letter]
         if named:
             main = set().union(*(n["main"] for n in named))
             result.letter_latents[letter] = {"main": sorted(main),
                                              "absorbing": sorted(set().union(*(n["absorbing"] for n in named)) - main)}
+    # Run level: every letter's main latents, and the absorbers that are no letter's main latent.
+    main_all = set().union(*(set(r["main"]) for r in result.letter_latents.values()))
+    result.main_latents = sorted(main_all)
+    result.absorbing_latents = sorted(set().union(*(set(r["absorbing"]) for r in result.letter_latents.values()))
+                                      - main_all)
     return result, letters
 
 
@@ -359,7 +362,7 @@ def absorption_calculator(prompt_model, probe: ProbeArtifacts, llm_batch_size: i
 
 def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts, opts: AbsorptionOptions,
                                llm_batch_size: int, probe_seed: int
-                               ) -> tuple[list[dict], int, tuple[set[int], set[int]]]:
+                               ) -> tuple[list[dict], int, dict[str, dict[str, list[int]]]]:
     """sae-bench's k-sparse probing (seeded by ``probe_seed``) and absorption calculator for one SAE.
 
     The k-sparse probes are trained by sae-bench; their scoring and F1 go through ``eval.k_sparse``,
@@ -413,22 +416,13 @@ def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts,
             "num_split_features": int(row["num_split_feats"]) if row is not None else 0,
             "num_probe_true_positives": float(row["num_probe_true_positives"]) if row is not None else 0.0,
         })
-    return letters, prompt_model.added, (*_identified_latents(raw_df), latents_by_letter(raw_df))
-
-
-def _identified_latents(raw_df) -> tuple[set[int], set[int]]:
-    """The latents sae-bench's calculator named: main first-letter latents (the k-sparse probes'
-    features of every letter) and absorbing latents (the top probe-projection latent of a word with
-    absorption, when it is not a main latent of the letter)."""
-    main = {int(f) for feats in raw_df["split_feats"] for f in feats}
-    absorbed = raw_df[(raw_df["absorption_fraction"] > 0) | raw_df["is_full_absorption"].astype(bool)]
-    absorbing = {int(f) for f in absorbed["top_projection_feat"] if int(f) not in main}
-    return main, absorbing
+    return letters, prompt_model.added, latents_by_letter(raw_df)
 
 
 def latents_by_letter(raw_df) -> dict[str, dict[str, list[int]]]:
-    """Per first letter, the main latents (its k-sparse probe's features) and the absorbing latents
-    (top probe-projection latents of its words with absorption, main latents of the letter left out)."""
+    """The latents sae-bench's calculator named, per first letter: the main latents (its k-sparse
+    probe's features) and the absorbing latents (the top probe-projection latent of a word with
+    absorption, main latents of the letter left out)."""
     out: dict[str, dict[str, list[int]]] = {}
     for letter, rows in raw_df.groupby("letter"):
         main = {int(f) for feats in rows["split_feats"] for f in feats}
