@@ -16,7 +16,6 @@ calculator's fresh prompts, at most one per test word (a fifth of the words).
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
 import torch
@@ -24,27 +23,22 @@ import torch
 import pipeline  # noqa: F401  (offline environment first)
 
 
-def probe_prompts(tokenizer, n_prompts: int, seed: int) -> list[str]:
-    """The first ``n_prompts`` probe prompts sae-bench's probe build would run for the full vocabulary."""
+def probe_prompts(tokenizer, n_prompts: int, seed: int) -> tuple[list[str], int]:
+    """The first ``n_prompts`` probe prompts sae-bench's probe build would run for the full vocabulary
+    (their in-context examples drawn from a generator seeded by ``seed`` alone), and the number of
+    usable words."""
     from sae_bench.evals.absorption.prompting import create_icl_prompt, first_letter_formatter
 
     from eval.absorption import TEMPLATE, sample_words
+    from eval.runtime import private_sae_bench_rng
 
     words = sample_words(tokenizer, None, seed)
-    rng = random.Random(seed)
     formatter = first_letter_formatter()
     examples = words[: int(len(words) * 0.8)]  # sae-bench draws a train prompt's examples from the train words
-    prompts = []
-    for word in words[:n_prompts]:
-        state = random.getstate()
-        random.setstate(rng.getstate())
-        try:
-            prompts.append(create_icl_prompt(word=word, examples=examples, answer_formatter=formatter,
-                                             base_template=TEMPLATE, max_icl_examples=10,
-                                             prepend_separator_to_first_example=True).base)
-        finally:
-            rng.setstate(random.getstate())
-            random.setstate(state)
+    with private_sae_bench_rng(seed):
+        prompts = [create_icl_prompt(word=word, examples=examples, answer_formatter=formatter, base_template=TEMPLATE,
+                                     max_icl_examples=10, prepend_separator_to_first_example=True).base
+                   for word in words[:n_prompts]]
     return prompts, len(words)
 
 
