@@ -6,7 +6,7 @@ cost of the whole vocabulary extrapolated from the measured rate.
     .venv/bin/python benchmarks/absorption_forward.py --preset experiment --set model.dtype=float32 --prompts 1024
 
 The prompts are the ones sae-bench's probe build makes (``create_dataset_probe_training``: one prompt
-per word, 10 in-context examples), for words of the usable vocabulary (``eval.absorption.sample_words``),
+per word, 10 in-context examples), for words of the usable vocabulary (``eval.absorption.main.sample_words``),
 run through the eval's TransformerLens model in batches of ``probe_llm_batch_size``. The two passes
 alternate batch by batch, so a shared machine slows both alike. The forward is linear in the number
 of prompts (every batch has the same shape), so the full-vocabulary figure is the measured seconds
@@ -29,7 +29,7 @@ def probe_prompts(tokenizer, n_prompts: int, seed: int) -> tuple[list[str], int]
     usable words."""
     from sae_bench.evals.absorption.prompting import create_icl_prompt, first_letter_formatter
 
-    from eval.absorption import TEMPLATE, sample_words
+    from eval.absorption.main import TEMPLATE, sample_words
     from eval.runtime import private_sae_bench_rng
 
     words = sample_words(tokenizer, None, seed)
@@ -43,7 +43,7 @@ def probe_prompts(tokenizer, n_prompts: int, seed: int) -> tuple[list[str], int]
 
 
 def main() -> None:
-    from eval.absorption import AbsorptionOptions, layer_hook, word_token_pos
+    from eval.absorption.main import AbsorptionOptions, layer_hook, word_token_pos
     from eval.runtime import stop_after_layer
     from pipeline.config import apply_overrides, get_preset
     from pipeline.models import load_hooked_model

@@ -1,5 +1,5 @@
 """The absorption eval's per-SAE cost: sae-bench's own k-sparse probing path against the project's
-(eval.k_sparse scoring and F1, probe batches gathered at once), side by side on one trained SAE,
+(eval.absorption.k_sparse scoring and F1, probe batches gathered at once), side by side on one trained SAE,
 with a check that both give the same per-letter numbers.
 
     .venv/bin/python benchmarks/absorption_speed.py --run-dir runs/experiment --sae topk_k32_s0 --probe-seeds 3
@@ -7,7 +7,7 @@ with a check that both give the same per-letter numbers.
 Per probe seed, the reference path is what the eval ran before: sae-bench's
 ``run_k_sparse_probing_experiment`` (one row and one probe at a time, sklearn metrics, parquet files)
 fed by torch's DataLoader, then ``load_and_run_calculate_projections_and_cos_sims``; the project's
-path is ``eval.absorption._absorption_one_probe_seed``. The shared probe and prompt activations must
+path is ``eval.absorption.main._absorption_one_probe_seed``. The shared probe and prompt activations must
 already exist under the run's eval_artifacts/ (any finished absorption eval of the run built them),
 so neither path pays for them.
 """
@@ -28,7 +28,7 @@ def sae_bench_path(model, sae, sae_name: str, probe, opts, llm_batch_size: int, 
     from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
     from sae_bench.evals.absorption.main import _aggregate_results_df
 
-    from eval import absorption as ab
+    from eval.absorption import main as ab
     from eval.runtime import file_lock, private_sae_bench_rng, stop_after_layer
 
     layer = probe.layer
@@ -57,7 +57,7 @@ def main() -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from eval import absorption as ab
+    from eval.absorption import main as ab
     from eval import runtime
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -24,7 +24,7 @@ METRICS = ("mean_absorption_fraction_score", "mean_full_absorption_score", "mean
 
 
 def main() -> None:
-    from eval.absorption import AbsorptionOptions, ensure_probe, run_absorption
+    from eval.absorption.main import AbsorptionOptions, ensure_probe, run_absorption
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_run_sae_args(ap)

@@ -19,7 +19,7 @@ import torch
 
 import pipeline  # noqa: F401  (environment first)
 from eval.sae import load_sae
-from eval.synthetic import SyntheticOptions, hierarchy_metrics, saelens_metrics
+from eval.synthetic.main import SyntheticOptions, hierarchy_metrics, saelens_metrics
 from pipeline.synthetic_models import load_synthetic_model, sample_batches
 from trainers.training.config import TrainConfig
 from trainers.training.data import InMemoryActivations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 
 HISTORY_STATISTICS = {"absorption_score": 1.0, "frequency": 1.0, "consistency": -1.0, "hole_rate": 1.0,
                       "hole_score": 1.0, "encoder_suppression": 1.0, "exclusion": 1.0}
@@ -34,8 +35,6 @@ def detection_aucs(history: pd.DataFrame, positives_M: np.ndarray, prefix: str =
 
 
 def _aucs_at(history: pd.DataFrame, step: int, positives_M: np.ndarray, prefix: str, suffix: str) -> dict[str, float]:
-    from eval.synthetic_metrics import detection_auc
-
     snap = history[history["step"] == step].sort_values("latent")
     out = {}
     for column, sign in HISTORY_STATISTICS.items():
@@ -43,3 +42,25 @@ def _aucs_at(history: pd.DataFrame, step: int, positives_M: np.ndarray, prefix: 
             name = "inconsistency" if sign < 0 else column
             out[f"{prefix}{name}{suffix}"] = detection_auc(sign * snap[column].to_numpy(np.float64), positives_M)
     return out
+
+
+def _average_ranks(x_N: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing the mean of their ranks."""
+    _, inverse_N, counts_U = np.unique(x_N, return_inverse=True, return_counts=True)
+    first_U = np.concatenate([[0], np.cumsum(counts_U)[:-1]])
+    return (first_U + (counts_U + 1) / 2.0)[inverse_N]
+
+
+def detection_auc(statistic_M: torch.Tensor | np.ndarray,
+                  absorbed_latents_mask_M: torch.Tensor | np.ndarray) -> float:
+    """ROC AUC of ``statistic_M`` (higher = more absorbed) for the mask; non-finite values are dropped."""
+    stat_M = np.asarray(torch.as_tensor(statistic_M).detach().cpu(), dtype=np.float64)
+    pos_M = np.asarray(torch.as_tensor(absorbed_latents_mask_M).cpu(), dtype=bool)
+    keep_M = np.isfinite(stat_M)
+    stat_M, pos_M = stat_M[keep_M], pos_M[keep_M]
+    n_pos, n_neg = int(pos_M.sum()), int((~pos_M).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    # Mann-Whitney U of the positives, normalised to [0, 1].
+    u = _average_ranks(stat_M)[pos_M].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))

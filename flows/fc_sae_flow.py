@@ -60,7 +60,7 @@ def aggregate_task(cfg: RunConfig, run_dir: Path) -> str:
 
 @task(name="report")
 def report_task(cfg: RunConfig, run_dir: Path) -> str:
-    from pipeline.report import report
+    from pipeline.analysis.report import report
 
     return str(report(cfg, run_dir))
 

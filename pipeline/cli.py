@@ -181,7 +181,7 @@ def cmd_results(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from eval.compare import default_metrics, write_comparison
+    from pipeline.analysis.compare import default_metrics, write_comparison
     from eval.results import load
 
     table = load(args.run_dir)
@@ -194,7 +194,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_results_md(args) -> int:
-    from pipeline.results_md import load_study, render
+    from pipeline.analysis.results_md import load_study, render
 
     studies = [load_study("synthetic", p) for p in args.synthetic] + [load_study("language", p) for p in args.language]
     if not studies:
@@ -210,7 +210,7 @@ def cmd_results_md(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pipeline.report import report
+    from pipeline.analysis.report import report
 
     print(f"report: {report(_cfg(args), args.run_dir)}")
     return 0

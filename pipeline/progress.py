@@ -182,7 +182,7 @@ def _stage_time_line(t: StageTime) -> str:
 
 def _headline_cells(table) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
     """(column headers, row labels, (row, column) -> cell) of the run's headline metrics."""
-    from eval.headline import ARROWS, cell_text, fmt_number, headline_frame, present
+    from pipeline.analysis.headline import ARROWS, cell_text, fmt_number, headline_frame, present
 
     # No baseline: the summary gives levels; the report has the paired differences.
     frame = headline_frame(table, baseline="")

@@ -15,7 +15,7 @@ from pipeline.rundir import prepare_run_dir
 def run_all(cfg: RunConfig, run_dir: str | Path) -> Path:
     from pipeline.evaluate import evaluate
     from pipeline.harvest import harvest
-    from pipeline.report import report
+    from pipeline.analysis.report import report
     from pipeline.train import train
 
     run_dir = Path(run_dir)

@@ -18,7 +18,7 @@ OUT=${REPORT_OUT:-$(mktemp -d -t fc-sae-report-XXXXXX)}
 
 shoot() {  # shoot RUN PNG: render results/RUN/results.parquet, screenshot it into PNG
     local run=$1 png=$2 page="$OUT/$1/index.html"
-    nice "$PY" -m pipeline.report "results/$run/results.parquet" --out "$OUT/$run"
+    nice "$PY" -m pipeline.analysis.report "results/$run/results.parquet" --out "$OUT/$run"
     # --no-sandbox: root in a container has no user namespace for chromium's sandbox
     nice "$BROWSER" --headless --no-sandbox --disable-gpu --hide-scrollbars \
         --window-size="1280,$HEIGHT" --screenshot="$png" "file://$(realpath "$page")" 2>/dev/null

@@ -26,7 +26,7 @@ def prompts(hooked_tiny):
     """sae-bench's probe prompts (10 in-context examples each) for 48 words of the tiny vocabulary."""
     from sae_bench.evals.absorption.prompting import create_icl_prompt, first_letter_formatter
 
-    from eval.absorption import TEMPLATE, sample_words
+    from eval.absorption.main import TEMPLATE, sample_words
 
     words = sample_words(hooked_tiny.tokenizer, 200, 0)
     rng_state = random.getstate()
@@ -41,7 +41,7 @@ def prompts(hooked_tiny):
 
 @pytest.mark.parametrize("kind", HOOKS)
 def test_forward_stopped_at_the_word_is_bit_identical(hooked_tiny, prompts, kind):
-    from eval.absorption import word_token_pos
+    from eval.absorption.main import word_token_pos
     from eval.runtime import stop_after_layer
 
     hook = f"blocks.1.{kind}"
@@ -69,7 +69,7 @@ def test_prompts_of_unequal_length_run_in_full(hooked_tiny, prompts):
 
 
 def test_word_sample_larger_than_the_vocabulary_runs_it_all(hooked_tiny, capsys):
-    from eval.absorption import sample_words
+    from eval.absorption.main import sample_words
 
     usable = sample_words(hooked_tiny.tokenizer, None, 0)
     capsys.readouterr()
@@ -81,7 +81,7 @@ def test_word_sample_larger_than_the_vocabulary_runs_it_all(hooked_tiny, capsys)
 
 def test_the_probe_build_reports_its_prompts(hooked_tiny, tmp_path):
     """The probe's prompt forwards count into the run's ``eval.absorption-probe`` progress record."""
-    from eval.absorption import AbsorptionOptions, ensure_probe
+    from eval.absorption.main import AbsorptionOptions, ensure_probe
     from fc_base.progress import read_records, run_scope
 
     cfg = get_preset("tiny")

@@ -134,6 +134,57 @@ def test_trainers_modules_are_acyclic_at_import_time():
         visit(module, ())
 
 
+EVAL_SHARED = {"eval.spec", "eval.config", "eval.runtime", "eval.results", "eval.sae", "eval.detection",
+               "eval.random_sae"}
+"""What every eval may use: the plug-in contract and the modules the evals share."""
+
+
+def _eval_import_allowed(where: str, name: str) -> bool:
+    """Inside eval, one folder per eval (SAE-Bench's layout):
+
+    - an eval folder (``eval/<name>/``) imports its own folder and the shared modules, never another
+      eval's folder: an eval is removed by deleting its folder and its line in ``eval/registry.py``;
+    - the shared modules import each other, never an eval folder;
+    - ``eval/registry.py`` is the one module that imports the evals.
+    """
+    parts = where.split("/")
+    if where == "eval/registry.py":
+        return True
+    if len(parts) > 2:  # inside eval/<name>/
+        return name.startswith(f"eval.{parts[1]}.") or name == f"eval.{parts[1]}" or name in EVAL_SHARED
+    return name in EVAL_SHARED or name == "eval"
+
+
+def test_eval_packages_follow_their_rule():
+    for where, names in _project_imports("eval").items():
+        for name in names:
+            if name.split(".")[0] == "eval":
+                assert _eval_import_allowed(where, name), f"{where} imports {name}: {_eval_import_allowed.__doc__}"
+
+
+def test_eval_rule_rejects_sideways_imports():
+    assert not _eval_import_allowed("eval/synthetic/main.py", "eval.absorption.metrics")
+    assert not _eval_import_allowed("eval/results.py", "eval.absorption.main")
+    assert _eval_import_allowed("eval/absorption/main.py", "eval.absorption.k_sparse")
+    assert _eval_import_allowed("eval/synthetic/main.py", "eval.detection")
+
+
+ANALYSIS_MAY_IMPORT = ("pipeline.analysis", "pipeline.config", "eval.results", "eval.absorption.metrics",
+                       "trainers.training.recipe", "fc_base")
+"""The analysis reads the results table and the SAE folders: it names the table's module, the metric
+names, the recipe registry (for the controls' labels) and the run config, and runs nothing else."""
+
+
+def test_analysis_reads_results_and_runs_nothing():
+    for path in sorted((ROOT / "pipeline" / "analysis").rglob("*.py")):
+        for name in _imports(path):
+            if name.split(".")[0] in LAYERS and name != "pipeline":
+                assert name.startswith(ANALYSIS_MAY_IMPORT), f"{path.relative_to(ROOT)} imports {name}"
+    for package in ("eval", "trainers", "cache_tools", "fc_base"):
+        for where, names in _project_imports(package).items():
+            assert not any(n.startswith("pipeline") for n in names), where
+
+
 def test_pipeline_never_imports_flows():
     for where, names in _project_imports("pipeline").items():
         assert not any(n.split(".")[0] == "flows" for n in names), where
@@ -156,8 +207,8 @@ def test_absorption_constants_match_sae_bench():
     from sae_bench.evals.absorption.prompting import VERBOSE_FIRST_LETTER_TEMPLATE
     from sae_bench.evals.absorption.vocab import LETTERS
 
-    from eval.absorption import LETTERS as ours
-    from eval.absorption import TEMPLATE
+    from eval.absorption.main import LETTERS as ours
+    from eval.absorption.main import TEMPLATE
 
     assert TEMPLATE == VERBOSE_FIRST_LETTER_TEMPLATE and list(ours) == list(LETTERS)
 

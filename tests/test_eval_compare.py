@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from eval.compare import comparison_markdown, paired_comparison, t975
+from pipeline.analysis.compare import comparison_markdown, paired_comparison, t975
 
 
 def _table(values: dict[tuple[str, int], float]) -> pd.DataFrame:
@@ -61,7 +61,7 @@ def test_absorption_intervals_bootstrap_over_seeds_and_letters_and_pair_only_wit
 
 
 def test_results_md_words_the_verdict_from_the_intervals_and_regenerates_identically(tmp_path):
-    from pipeline.results_md import Study, render, verdicts
+    from pipeline.analysis.results_md import Study, render, verdicts
 
     table = _absorption_table(0.05)
     table["model"] = "m"

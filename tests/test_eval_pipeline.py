@@ -87,7 +87,7 @@ def test_absorption_probe_and_prompt_activations_are_shared(run_dir):
 
 
 def test_k_sparse_scoring_gives_sae_bench_numbers_bit_for_bit(run_dir, tmp_path, monkeypatch):
-    """eval.k_sparse against sae-bench's own raw scores, metrics and false-negative search, on the
+    """eval.absorption.k_sparse against sae-bench's own raw scores, metrics and false-negative search, on the
     run's shared probe and one of its SAEs with k-sparse probes trained by sae-bench (fed by the
     batched loader, checked against torch's DataLoader)."""
     import torch
@@ -98,8 +98,8 @@ def test_k_sparse_scoring_gives_sae_bench_numbers_bit_for_bit(run_dir, tmp_path,
     from sae_bench.evals.absorption.common import load_probe, load_probe_data_split_or_train
     from sae_bench.evals.absorption.feature_absorption import get_stats_and_likely_false_negative_tokens
 
-    from eval import k_sparse
-    from eval.absorption import AbsorptionOptions, ensure_probe
+    from eval.absorption import k_sparse
+    from eval.absorption.main import AbsorptionOptions, ensure_probe
     from eval.runtime import private_sae_bench_rng
     from eval.sae import load_sae
     from fc_base.sae_folder import SAEMeta

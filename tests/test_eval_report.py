@@ -12,7 +12,7 @@ from tests.eval_helpers import SAE_SPECS, evaluated_run, tiny_config, write_trai
 
 @pytest.fixture(scope="module")
 def report_page():
-    from pipeline.report import report
+    from pipeline.analysis.report import report
 
     run_dir = evaluated_run()
     for name, _, seed, *_ in SAE_SPECS:

@@ -274,7 +274,7 @@ def test_absorption_probes_the_sae_hook(mlp_run, hooked_tiny):
     position; the shared prompt activations serve the SAE's hook to sae-bench's calculator."""
     import pandas as pd
 
-    from eval.absorption import SharedPromptActivations, word_token_pos
+    from eval.absorption.main import SharedPromptActivations, word_token_pos
     from eval.results import load
 
     run_dir, cfg, _ = mlp_run

@@ -28,7 +28,7 @@ def _relu_sae(model, seed: int):
 def test_cached_metrics_equal_sae_bench_for_several_saes(tiny_hooked, exclude):
     from sae_bench.evals.core import main as core_main
 
-    from eval import reference_forwards as rf
+    from eval.core import reference_forwards as rf
 
     model = tiny_hooked
     rf.clear(model)
@@ -57,7 +57,7 @@ def test_cached_metrics_equal_sae_bench_for_several_saes(tiny_hooked, exclude):
 
 
 def test_cache_evicts_oldest_batches_beyond_its_byte_budget(tiny_hooked, monkeypatch):
-    from eval import reference_forwards as rf
+    from eval.core import reference_forwards as rf
 
     model = tiny_hooked
     rf.clear(model)

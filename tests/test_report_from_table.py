@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from eval.plots import FRONTIER_METRICS, frontier_data
+from pipeline.analysis.plots import FRONTIER_METRICS, frontier_data
 
 COMMITTED = Path(__file__).resolve().parents[1] / "results" / "experiment-f32-k32" / "results.parquet"
 
@@ -16,7 +16,7 @@ COMMITTED = Path(__file__).resolve().parents[1] / "results" / "experiment-f32-k3
 @pytest.fixture(scope="module")
 def committed_page(tmp_path_factory):
     """The page of the committed float32 k-32 table, rendered by the module entry point elsewhere."""
-    from pipeline.report import main
+    from pipeline.analysis.report import main
 
     out = tmp_path_factory.mktemp("report")
     assert main([str(COMMITTED), "--out", str(out)]) == 0

@@ -88,7 +88,7 @@ def build_adversarial_saes(run_dir: Path, model, *, extra: bool = False) -> list
     """Write the degenerate SAEs and the oracle next to the trained SAE; returns their names.
     ``extra`` adds ``parents_duplicated_full`` (copies at full weight: the parents reconstructed twice)."""
     from eval.sae import load_sae, load_weights
-    from eval.synthetic_metrics import hierarchy_truth
+    from eval.synthetic.metrics import hierarchy_truth
     from fc_base.sae_folder import SAES_DIR, SAEMeta
     from pipeline.synthetic_models import sample_batches
 

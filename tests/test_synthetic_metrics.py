@@ -1,4 +1,4 @@
-"""Absorption metrics of eval.synthetic_metrics on a tiny SAELens synthetic hierarchy.
+"""Absorption metrics of eval.synthetic.metrics on a tiny SAELens synthetic hierarchy.
 
 SAEs are built by hand (no training): an oracle (decoder = true dictionary, codes = true
 activations), an SAE where chosen parents are absorbed into their children, one where they are half
@@ -19,12 +19,12 @@ from sae_lens.synthetic import (
     SyntheticModelConfig,
 )
 
-from eval.synthetic_metrics import (
+from eval.detection import detection_auc
+from eval.synthetic.metrics import (
     HierarchyTruth,
     absorbed_parent_latents,
     carried_share,
     decoder_absorption,
-    detection_auc,
     hierarchy_absorption_metrics,
     hierarchy_truth,
     parent_mass,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.absorption_metrics import LETTER_METRICS, LETTERS, SUMMARY_METRICS
+from eval.absorption.metrics import LETTER_METRICS, LETTERS, SUMMARY_METRICS
 from eval.results import Skipped
 from eval.runtime import file_lock, private_sae_bench_rng, stop_after_layer
 from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
@@ -365,14 +365,14 @@ def _absorption_one_probe_seed(model, sae, sae_name: str, probe: ProbeArtifacts,
                                ) -> tuple[list[dict], int, dict[str, dict[str, list[int]]]]:
     """sae-bench's k-sparse probing (seeded by ``probe_seed``) and absorption calculator for one SAE.
 
-    The k-sparse probes are trained by sae-bench; their scoring and F1 go through ``eval.k_sparse``,
+    The k-sparse probes are trained by sae-bench; their scoring and F1 go through ``eval.absorption.k_sparse``,
     which gives sae-bench's numbers without its per-word loops and intermediate files."""
     from sae_bench.evals.absorption import feature_absorption as fa
     from sae_bench.evals.absorption.common import load_probe, load_probe_data_split_or_train, load_or_train_probe
     from sae_bench.evals.absorption.k_sparse_probing import train_k_sparse_probes
     from sae_bench.evals.absorption.main import _aggregate_results_df
 
-    from eval import k_sparse
+    from eval.absorption import k_sparse
 
     layer = probe.layer
     n_train = int(len(probe.words) * 0.8)

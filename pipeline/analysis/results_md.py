@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from eval.compare import EVAL_STD_SUFFIX, paired_comparison
-from eval.headline import LEGEND, headline_markdown
-from eval.headline import fmt_number as _fmt
-from eval.headline import interval_text as _interval
+from pipeline.analysis.compare import EVAL_STD_SUFFIX, paired_comparison
+from pipeline.analysis.headline import LEGEND, headline_markdown
+from pipeline.analysis.headline import fmt_number as _fmt
+from pipeline.analysis.headline import interval_text as _interval
 from eval.results import with_l0_point
 from fc_base.io import write_text_atomic
 
@@ -196,7 +196,7 @@ def detection_table(table: pd.DataFrame, eval_name: str) -> str:
 
 
 def _section(study: Study, out_dir: Path) -> str:
-    from eval import plots
+    from pipeline.analysis import plots
 
     parts = [f"## {study.title}\n", f"Table: `{study.source}` (from `{study.command}`).\n",
              "### Verdict\n", "\n".join(verdicts(study)) + "\n"]

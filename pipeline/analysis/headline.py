@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from eval.compare import paired_comparison
+from pipeline.analysis.compare import paired_comparison
 
 
 class Headline(NamedTuple):

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from eval.absorption_metrics import LETTER_METRIC_OF
+from eval.absorption.metrics import LETTER_METRIC_OF
 from eval.results import with_l0_point
 from fc_base.io import write_text_atomic
 

@@ -3,7 +3,7 @@
 The text comes from the run's own corpus (``pipeline.evaluate`` writes it once per run as a parquet
 folder with a ``text`` column and passes it in), so no Hub dataset is needed. The metrics are
 computed by sae-bench's ``run_evals``; its SAE-independent clean and ablated forwards are
-shared by the SAEs of a process (:mod:`eval.reference_forwards`).
+shared by the SAEs of a process (:mod:`eval.core.reference_forwards`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from eval.reference_forwards import shared_reference_forwards
+from eval.core.reference_forwards import shared_reference_forwards
 from eval.spec import EvalInputs, EvalOptions, EvalOutput, EvalSpec, register
 from fc_base.errors import check
 

@@ -69,8 +69,8 @@ Metrics (names as returned by :func:`hierarchy_absorption_metrics`):
     ``decoder_absorption/depth{d}`` by the parent's depth; ``n_pairs_scored`` (and ``/depth{d}``)
     count the matched pairs.
 
-:func:`detection_auc` is the rank ROC AUC (ties count one half) of a per-latent statistic at
-separating the latents of :func:`absorbed_parent_latents` (``l(p)`` for parents with an own latent and
+:func:`eval.detection.detection_auc` is the rank ROC AUC (ties count one half) of a per-latent statistic
+at separating the latents of :func:`absorbed_parent_latents` (``l(p)`` for parents with an own latent and
 ``share_p > 0.5``) from all other latents; NaN when a class is empty.
 
 Codes are used as given: when decoder rows are not unit norm and codes should count as
@@ -84,7 +84,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from sae_lens.synthetic import SyntheticModel
 
@@ -412,28 +411,6 @@ def absorbed_parent_latents(share: ParentMass | CarriedShare, num_latents: int, 
     mask_M = torch.zeros(num_latents, dtype=torch.bool)
     mask_M[share.latent_P[keep_P].cpu()] = True
     return mask_M
-
-
-def _average_ranks(x_N: np.ndarray) -> np.ndarray:
-    """1-based ranks, tied values sharing the mean of their ranks."""
-    _, inverse_N, counts_U = np.unique(x_N, return_inverse=True, return_counts=True)
-    first_U = np.concatenate([[0], np.cumsum(counts_U)[:-1]])
-    return (first_U + (counts_U + 1) / 2.0)[inverse_N]
-
-
-def detection_auc(statistic_M: torch.Tensor | np.ndarray,
-                  absorbed_latents_mask_M: torch.Tensor | np.ndarray) -> float:
-    """ROC AUC of ``statistic_M`` (higher = more absorbed) for the mask; non-finite values are dropped."""
-    stat_M = np.asarray(torch.as_tensor(statistic_M).detach().cpu(), dtype=np.float64)
-    pos_M = np.asarray(torch.as_tensor(absorbed_latents_mask_M).cpu(), dtype=bool)
-    keep_M = np.isfinite(stat_M)
-    stat_M, pos_M = stat_M[keep_M], pos_M[keep_M]
-    n_pos, n_neg = int(pos_M.sum()), int((~pos_M).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    # Mann-Whitney U of the positives, normalised to [0, 1].
-    u = _average_ranks(stat_M)[pos_M].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
 
 
 def hierarchy_absorption_metrics(truth: HierarchyTruth | SyntheticModel, W_dec_MD: torch.Tensor,

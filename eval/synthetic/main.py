@@ -4,7 +4,7 @@ model's ground-truth features.
 - SAELens's ``eval_sae_on_synthetic_data`` (the SynthSAEBench metrics): ``mcc``, ``uniqueness``,
   ``f1``, ``precision``, ``recall``, ``explained_variance``, ``l0``, ``true_l0``, ``dead_latents``,
   ``shrinkage``, on ``n_rows`` fresh samples drawn from a seeded stream;
-- hierarchy absorption (:mod:`eval.synthetic_metrics`): ``absorption_rate`` (the absorbed-or-lost
+- hierarchy absorption (:mod:`eval.synthetic.metrics`): ``absorption_rate`` (the absorbed-or-lost
   share: the share of a parent's mass its own latents do not carry, roots and depth 1), its two parts
   ``absorbed_share`` and ``lost_share``, ``fully_absorbed_fraction``, ``unmatched_parent_fraction``,
   per-depth values, the earlier ``carried_share``, ``decoder_absorption`` and the number of
@@ -76,7 +76,7 @@ def saelens_metrics(model, sae_folder, opts: SyntheticOptions) -> dict[str, floa
 def hierarchy_metrics(model, sae, acts_ND: torch.Tensor, feats_NF: torch.Tensor, batch_size: int, *,
                       own_cos: float = SyntheticOptions.own_cos) -> tuple[dict[str, float], torch.Tensor]:
     """Absorption metrics on held-out rows, and the mask of the matched latents of absorbed parents."""
-    from eval.synthetic_metrics import (absorbed_parent_latents, carried_share, decoder_absorption,
+    from eval.synthetic.metrics import (absorbed_parent_latents, carried_share, decoder_absorption,
                                         hierarchy_truth, parent_mass)
 
     truth = hierarchy_truth(model)

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from eval.absorption_metrics import LETTERS  # noqa: E402
+from eval.absorption.metrics import LETTERS  # noqa: E402
 from eval.results import summary_metrics, with_l0_point  # noqa: E402
 from fc_base.sae_folder import read_train_log  # noqa: E402
 
@@ -246,7 +246,7 @@ def summary_bars(table: pd.DataFrame, out: Path, metrics: tuple[str, ...] = SUMM
 
 FRONTIER_METRICS = ("absorption:mean_absorption_fraction_score", "absorption:mean_full_absorption_score",
                     "core:explained_variance_legacy", "core:ce_loss_score")
-"""SAE-Bench's frontier panels, in its order. Explained variance is the headline one of eval/headline.py
+"""SAE-Bench's frontier panels, in its order. Explained variance is the headline one of pipeline/analysis/headline.py
 (the legacy definition): sae-bench's raw ``explained_variance`` reads ~1 for every SAE on Gemma."""
 SYNTHETIC_FRONTIER_METRICS = ("synthetic:absorption_rate", "synthetic:fully_absorbed_fraction",
                               "synthetic:explained_variance", "synthetic:f1")
@@ -298,7 +298,7 @@ def _dodge(points: pd.DataFrame, order: list[str]) -> pd.Series:
 
 def _panel_title(name: str) -> str:
     """'absorption fraction ↓': the headline label and direction of an eval:metric name."""
-    from eval.headline import ARROWS, HEADLINES
+    from pipeline.analysis.headline import ARROWS, HEADLINES
 
     labels = {f"{h.eval}:{h.metric}": f"{h.label} {ARROWS[h.direction]}".strip() for h in HEADLINES}
     return labels.get(name, name.split(":")[1])

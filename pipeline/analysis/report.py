@@ -7,7 +7,7 @@ training artifacts (train_log.jsonl, fc_history.parquet, splits.parquet: the per
 table alone, without the SAE folders, renders everything but the per-SAE plots. Table cells carry the
 exact value in a ``data-value`` attribute so the page can be checked against the table.
 
-``python -m pipeline.report RESULTS [--out DIR]`` renders the page of a run folder or of a bare
+``python -m pipeline.analysis.report RESULTS [--out DIR]`` renders the page of a run folder or of a bare
 results.parquet (e.g. a committed one) into another folder.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from eval import plots
-from eval.headline import LEGEND, headline_html
+from pipeline.analysis import plots
+from pipeline.analysis.headline import LEGEND, headline_html
 from eval.results import RESULTS_FILE, load, problems, summary_metrics
 from fc_base.io import write_text_atomic
 from fc_base.sae_folder import list_sae_folders
@@ -159,7 +159,7 @@ def _inline_markdown(text: str) -> str:
 
 def verdict_html(results_path: Path, table: pd.DataFrame, baseline: str) -> str:
     """The verdict of RESULTS.md for this table: one sentence per arm and L0 point, from the intervals."""
-    from pipeline.results_md import load_study, verdicts
+    from pipeline.analysis.results_md import load_study, verdicts
 
     kind = "synthetic" if ((table["eval"] == "synthetic") & (table["status"] == "ok")).any() else "language"
     study = load_study(kind, str(results_path))
@@ -252,7 +252,7 @@ def _run_dir_of(results: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.report",
+    parser = argparse.ArgumentParser(prog="python -m pipeline.analysis.report",
                                      description="Write the HTML report of a run folder or of a results.parquet.")
     parser.add_argument("results", type=Path, help="run folder, or a results.parquet (e.g. results/<run>/results.parquet)")
     parser.add_argument("--out", type=Path, help="folder for index.html and the plots (default: <run folder>/report)")

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from eval.absorption_metrics import LETTERS
+from eval.absorption.metrics import LETTERS
 
 EVAL_BATCH = 24  # sae-bench's eval_batch_size for the raw scores
 

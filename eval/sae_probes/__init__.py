@@ -1,0 +1,1 @@
+"""SAE-Bench's ``sparse_probing_sae_probes`` eval (``main``)."""
