@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainers.training.config import TrainConfig  # noqa: E402
 from trainers.training.data import InMemoryActivations  # noqa: E402

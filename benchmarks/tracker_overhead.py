@@ -16,13 +16,10 @@ CPU may be shared. Target: each ratio <= 1.10.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainers.fc.splitting import fc_split  # noqa: E402
 from trainers.fc.tracker import FrequencyConsistencyTracker, encoder_suppression  # noqa: E402

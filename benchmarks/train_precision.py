@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fc_base.sae_folder import read_train_log  # noqa: E402
 from pipeline.config import PRESETS  # noqa: E402

@@ -544,7 +544,7 @@ flagged; docs/FC_V2.md), design B with its own random-parent control (design A's
 EXPERIMENT_RELU_L1_COEFFS = {16: 1.15, 32: 0.889, 64: 0.678}
 """relu_l1's L1 weight per L0 target on the experiment's cache: interpolated (log L0 against log
 weight) from seed-0 SAEs trained at 0.5, 0.63, 0.88, 1, 1.2 and 2 with the preset's settings
-(``benchmarks/relu_l1_calibration.py``; README, "The research experiment")."""
+(``pipeline/tools/relu_l1_calibration.py``; README, "The research experiment")."""
 EXPERIMENT_KS = (32, 16, 64)  # training order: the main point first
 
 

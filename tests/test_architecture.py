@@ -348,3 +348,11 @@ def test_a_new_recipe_is_one_file(tmp_path):
     source = InMemoryActivations(torch.from_numpy(synthetic_acts(2048, 16)))
     result = train_sae(source, cfg, "topk_no_auxk", 0, tmp_path / "sae", ModelInfo("synthetic"), progress=False)
     assert result.steps == 16 and (tmp_path / "sae" / "sae_meta.json").is_file()
+
+
+def test_no_file_edits_sys_path():
+    """Scripts import the project as the installed package (``python -m ...`` or the editable install),
+    never by pushing the checkout onto ``sys.path``."""
+    for folder in ("benchmarks", "pipeline", "eval", "trainers", "cache_tools", "fc_base", "flows", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            assert "sys.path.insert" not in path.read_text() or path.name == "test_architecture.py", path

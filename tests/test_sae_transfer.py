@@ -1,24 +1,13 @@
-"""benchmarks/sae_transfer.py: an SAE folder survives the trip through small files."""
+"""pipeline/tools/sae_transfer.py: an SAE folder survives the trip through small files."""
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("sae_transfer", ROOT / "benchmarks" / "sae_transfer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_pack_then_unpack_restores_the_folder_with_bf16_matrices(tmp_path, monkeypatch):
-    transfer = _module()
+    from pipeline.tools import sae_transfer as transfer
+
     monkeypatch.setattr(transfer, "PART_BYTES", 1024)  # force several parts
     sae = tmp_path / "run" / "saes" / "topk_k32_s0"
     sae.mkdir(parents=True)

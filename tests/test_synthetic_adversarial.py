@@ -6,7 +6,7 @@ fires, the trained SAE with its parent latents silenced or removed, with its par
 duplicated, a random SAE, and an oracle whose decoder is the true dictionary. None of the degenerate
 SAEs may score a lower ``absorption_rate`` than the trained one; the oracle scores about 0.
 
-``.venv/bin/python tests/test_synthetic_adversarial.py`` prints the table of docs/SYNTHETIC.md.
+``.venv/bin/python -m tests.test_synthetic_adversarial`` prints the table of docs/SYNTHETIC.md.
 """
 from __future__ import annotations
 
@@ -219,7 +219,6 @@ if __name__ == "__main__":  # the table of docs/SYNTHETIC.md
 
     home = Path(tempfile.mkdtemp(prefix="fc-sae-adversarial-"))
     os.environ["FC_SAE_HOME"] = str(home)  # a private model cache, as the tests use
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import pipeline  # noqa: F401  (environment set-up before the first model import)
 
     table = adversarial_scores(home / "run", extra=True)

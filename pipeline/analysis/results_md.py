@@ -234,7 +234,7 @@ RUN_COMMANDS = {
     "experiment-f32-k32": ("fc-sae harvest|train|eval --config benchmarks/experiment_f32_k32.json --run-dir "
                            "runs/experiment-f32-k32 (float32 forward and training: TopK, BatchTopK and Matryoshka "
                            "at k 32, calibrated thresholds)"),
-    "experiment-gpu": ("bash benchmarks/gpu_run.sh prepare|experiment|pack on a CUDA machine (see the script), "
+    "experiment-gpu": ("bash scripts/gpu_run.sh prepare|experiment|pack on a CUDA machine (see the script), "
                        "then fc-sae eval --preset experiment-gpu --run-dir runs/experiment-gpu"),
 }
 """How each language-model run named in a table's ``run`` column was produced."""

