@@ -146,7 +146,7 @@ def main() -> None:
                 ev = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])["explained_variance"]
                 results[trainer].append((rate, recall, ev))
                 print(f"  seed {seed} {trainer:>10}: absorption {rate:.3f}  parent-alone recall {recall:.3f}  EV {ev:.3f}  "
-                      f"splits {res.n_splits:3d}  ({time.time() - t0:.1f} s)", flush=True)
+                      f"splits {res.events["splits"]:3d}  ({time.time() - t0:.1f} s)", flush=True)
 
     print("\ntrainer       absorption rate (mean +- std over seeds)   parent-alone recall   explained variance")
     for trainer, rows in results.items():

@@ -11,8 +11,9 @@ import torch
 from pipeline.config import get_preset
 from pipeline.train import train
 from tests.trainers_fixtures import synthetic_acts, write_store
+from trainers.fc.splitting import SPLITS
 from trainers.training.config import TrainConfig
-from trainers.training.export import SPLIT_COLUMNS, ModelInfo, export_sae
+from trainers.training.export import ModelInfo, export_sae
 from trainers.training.registry import build_sae
 
 D, M, K = 24, 48, 4
@@ -113,7 +114,7 @@ def test_train_stage_writes_the_documented_sae_folders(tiny_run):
         assert sae.encode(x).shape == (8, cfg.train.d_sae)
     fc_splits = pd.read_parquet(run_dir / "saes" / "fc_topk_s0" / "splits.parquet")
     topk_splits = pd.read_parquet(run_dir / "saes" / "topk_s0" / "splits.parquet")
-    assert list(fc_splits.columns) == list(topk_splits.columns) == SPLIT_COLUMNS
+    assert list(fc_splits.columns) == list(topk_splits.columns) == SPLITS.columns
     assert len(fc_splits) >= 1 and len(topk_splits) == 0
     assert (fc_splits["step"] < 0.8 * cfg.train.total_steps).all()
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers.fc.repair import repair_absorption
+from trainers.fc.repair import REPAIRS, repair_absorption
 from trainers.fc.tracker import FrequencyConsistencyTracker
 from trainers.saes.topk import TopKSAE
-from trainers.training.export import REPAIR_COLUMNS
 
 D, M = 16, 8
 
@@ -64,7 +63,7 @@ def test_repair_removes_the_parent_from_the_child_and_clears_state(mode):
                                min_rows=8, mode=mode)
     assert len(result.rows) == 1
     row = result.rows[0]
-    assert set(row) == set(REPAIR_COLUMNS) and row["latent"] == 0 and row["child"] == 1 and row["mode"] == mode
+    assert set(row) == set(REPAIRS.columns) and row["latent"] == 0 and row["child"] == 1 and row["mode"] == mode
     assert row["hole_rows"] == 256 and row["child_share"] == pytest.approx(1.0)
     assert row["cos_before"] == pytest.approx(2 ** -0.5, abs=0.01)
     touched = [0, 1] if mode == "decoder" else [0]

@@ -52,7 +52,7 @@ def test_sigkill_then_resume_gives_the_same_sae_as_a_straight_run(store_path, tm
     cfg = TrainConfig(**CFG)
     straight = tmp_path / "straight"
     result = train_sae(open_store(store_path), cfg, "fc_topk", 0, straight, INFO, progress=False)
-    assert result.n_splits > 0, "the run must exercise splitting before and after the checkpoint"
+    assert result.events["splits"] > 0, "the run must exercise splitting before and after the checkpoint"
 
     resumed = tmp_path / "resumed"
     code = CHILD.format(cfg=CFG, store=str(store_path), out=str(resumed))

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from trainers.fc.splitting import (fc_split, reservoir_row_counts, select_candidates, select_random_candidates,
-                                   select_slots)
+from trainers.fc.splitting import (SPLITS, fc_split, reservoir_row_counts, select_candidates,
+                                   select_random_candidates, select_slots)
 from trainers.fc.tracker import FrequencyConsistencyTracker
 from trainers.saes.relu_l1 import ReluL1SAE
 from trainers.saes.topk import TopKSAE
-from trainers.training.export import SPLIT_COLUMNS
 from trainers.training.resampling import resample_dead
 
 D, M = 16, 8
@@ -57,7 +56,7 @@ def test_planted_two_direction_latent_is_split_and_moments_cleared():
                       max_split_frac=1 / M, dead_freq=1e-5, min_rows=8)
     assert len(result.rows) == 1
     row = result.rows[0]
-    assert set(row) == set(SPLIT_COLUMNS) and row["step"] == 7 and row["latent"] == 0 and row["slot"] != 0
+    assert set(row) == set(SPLITS.columns) and row["step"] == 7 and row["latent"] == 0 and row["slot"] != 0
     slot = row["slot"]
     new_dirs = model.W_dec.data[[0, slot]]
     cos = (new_dirs @ torch.stack([d1, d2]).T).abs()

@@ -19,7 +19,7 @@ import torch
 
 from fc_base.errors import check
 from fc_base.options import Options
-from trainers.fc.splitting import fc_split
+from trainers.fc.splitting import SPLITS, fc_split
 from trainers.fc.tracker import tracker_warm
 from trainers.training.recipe import MaintenanceContext, MaintenanceResult, Recipe
 
@@ -61,7 +61,7 @@ def fc_split_maintain(ctx: MaintenanceContext, *, control: bool = False) -> Main
                       step=ctx.step, z=opts.z, max_split_frac=opts.max_split_frac, dead_freq=opts.dead_freq,
                       min_rows=opts.min_rows, protected_M=ctx.recently_touched_M,
                       random_generator=ctx.generator if control else None, max_freq=opts.max_freq)
-    return MaintenanceResult(result.touched_ids, result.rows, 0)
+    return MaintenanceResult(result.touched_ids, {SPLITS.name: result.rows})
 
 
 def with_fc_guidance(base: Recipe, name: str | None = None, *, control: bool = False) -> Recipe:
@@ -78,11 +78,11 @@ def with_fc_guidance(base: Recipe, name: str | None = None, *, control: bool = F
         touched_M[split.touched_L.to(touched_M.device)] = True
         after = then(ctx._replace(dead_M=ctx.dead_M & ~touched_M,
                                   recently_touched_M=ctx.recently_touched_M | touched_M.to(ctx.recently_touched_M.device)))
-        return MaintenanceResult(torch.cat([split.touched_L.cpu(), after.touched_L.cpu()]),
-                                 split.split_rows + after.split_rows, split.n_resampled + after.n_resampled)
+        return split.then(after)
 
     default_name, what = ((f"random_split_{base.name}", "FC's split surgery on random latents (control)") if control
                           else (f"fc_{base.name}", "FC-guided splitting"))
     return Recipe(name or default_name, f"{base.description}, plus {what}", base.build,
                   options=(*base.options, FCOptions), maintain=maintain, sparsity=base.sparsity,
+                  events=tuple(dict.fromkeys([SPLITS.name, *base.events])),
                   control=None if control else f"random_split_{base.name}")

@@ -16,7 +16,7 @@ saved config (an architecture's sections, then ``fc``).
 from __future__ import annotations
 
 from trainers.fc.guidance import with_fc_guidance
-from trainers.fc.repair import FC2Options, repair_maintain
+from trainers.fc.repair import REPAIRS, FC2Options, repair_maintain
 from trainers.training.recipe import Recipe, register
 
 from trainers.saes.topk import TOPK  # noqa: E402  (each architecture right before its arms)
@@ -47,7 +47,8 @@ def _repair_recipe(name: str, description: str, mode: str, control: bool = False
     # Each repair mode has its control: the same surgery on randomly flagged parents.
     control_arm = None if control else {"decoder": "random_repair_topk", "encoder": "random_repair_enc_topk"}[mode]
     return Recipe(name, description, TOPK.build, options=(*TOPK.options, FC2Options),
-                  maintain=repair_maintain(mode, control, statistic), control=control_arm)
+                  maintain=repair_maintain(mode, control, statistic), control=control_arm,
+                  events=(REPAIRS.name,))
 
 
 FC2_TOPK = register(_repair_recipe(

@@ -33,9 +33,11 @@ import torch
 
 from fc_base.errors import check
 from fc_base.options import Options
+from fc_base.sae_folder import REPAIRS_FILE
 from trainers.fc.splitting import select_candidates, select_random_candidates
 from trainers.fc.tracker import FrequencyConsistencyTracker, encoder_suppression, tracker_warm
 from trainers.saes.sae import SparseAutoencoder
+from trainers.training.events import EventTable, register_event_table
 from trainers.training.recipe import MaintenanceContext, MaintenanceResult
 from trainers.training.surgery import reinit_latents
 
@@ -43,9 +45,16 @@ REPAIR_MODES = ("decoder", "encoder")
 REPAIR_STATISTICS = ("hole_score", "encoder_suppression")
 
 
+REPAIRS = register_event_table(EventTable(
+    "repairs", REPAIRS_FILE,
+    {"step": "int64", "latent": "int64", "child": "int64", "score": "float64", "hole_rows": "int64",
+     "child_share": "float64", "cos_before": "float64", "cos_after": "float64", "mode": "object"},
+    "one absorption repair: the parent (latent) and the child whose weights lost its direction"))
+
+
 class RepairResult(NamedTuple):
     rows: list[dict]
-    """One log row per repaired parent (trainers.training.export.REPAIR_COLUMNS)."""
+    """One log row per repaired parent (the columns of :data:`REPAIRS`)."""
     touched_ids: torch.Tensor
     """Every latent whose weights changed."""
 
@@ -162,6 +171,6 @@ def repair_maintain(mode: str, control: bool = False, statistic: str = "hole_sco
                                    ctx.model.b_dec.data.detach(), step=ctx.step, z=opts.z, max_frac=opts.max_frac,
                                    min_rows=opts.min_rows, mode=mode, protected_M=ctx.recently_touched_M,
                                    random_generator=ctx.generator if control else None, statistic=statistic)
-        return MaintenanceResult(result.touched_ids, [], 0, result.rows)
+        return MaintenanceResult(result.touched_ids, {REPAIRS.name: result.rows})
 
     return maintain

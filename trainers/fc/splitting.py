@@ -24,12 +24,21 @@ import torch
 
 from trainers.fc.tracker import FrequencyConsistencyTracker
 from trainers.saes.sae import SparseAutoencoder
+from fc_base.sae_folder import SPLITS_FILE
+from trainers.training.events import EventTable, register_event_table
 from trainers.training.surgery import set_latents
+
+
+SPLITS = register_event_table(EventTable(
+    "splits", SPLITS_FILE,
+    {"step": "int64", "latent": "int64", "slot": "int64", "score": "float64", "frequency": "float64",
+     "consistency": "float64", "cosine": "float64", "slot_frequency": "float64", "slot_dead": "bool"},
+    "one FC split: the latent kept one cluster of its inputs, the slot was re-initialised on the other"))
 
 
 class SplitResult(NamedTuple):
     rows: list[dict]
-    """One log row per split (trainers.training.export.SPLIT_COLUMNS)."""
+    """One log row per split (the columns of :data:`SPLITS`)."""
     touched_ids: torch.Tensor
     """Every latent whose weights changed (candidates and slots)."""
 

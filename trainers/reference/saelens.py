@@ -27,7 +27,8 @@ from trainers.saes.matryoshka import MatryoshkaOptions
 from trainers.saes.topk import AuxKOptions
 from trainers.training.config import TrainConfig
 from trainers.training.data import ActivationSource
-from trainers.training.export import ModelInfo, history_frame, splits_frame
+from trainers.training.events import write_event_tables
+from trainers.training.export import ModelInfo, history_frame
 from trainers.training.loop import TrainResult, resolve_device
 from trainers.training.recipe import Recipe, register
 
@@ -93,7 +94,7 @@ def train_with_saelens(kind: str, source: ActivationSource, cfg: TrainConfig, tr
         for name in (folder_schema.WEIGHTS_FILE, folder_schema.SAELENS_CFG_FILE):
             shutil.move(str(Path(tmp) / name), str(out_dir / name))
     write_parquet_atomic(out_dir / folder_schema.HISTORY_FILE, history_frame([], cfg.d_sae))
-    write_parquet_atomic(out_dir / folder_schema.SPLITS_FILE, splits_frame([]))
+    write_event_tables(out_dir, {})
     SAEMeta(name=out_dir.name, trainer=trainer, seed=seed, architecture="jumprelu", k=cfg.k, d_in=source.d_model,
             d_sae=cfg.d_sae, model_name=info.model_name, model_source=info.model_source, layer=info.layer,
             hook_name=info.hook_name, train_tokens=total * cfg.batch_size, l0_target=cfg.k, final_l0=None,

@@ -1,6 +1,7 @@
-"""Writing a trained SAE: SAELens-loadable weights + cfg.json, and the event tables beside them
-(``fc_history.parquet``, ``splits.parquet``, ``repairs.parquet``: their columns are defined here, the
-one place both the code that logs the events and every reader of a folder rely on)."""
+"""Writing a trained SAE: SAELens-loadable weights + cfg.json, and the tracker history beside them
+(``fc_history.parquet``: its columns are defined here). The maintenance event tables
+(``splits.parquet``, ``repairs.parquet``, ...) are declared by the surgery that logs them and written
+by :mod:`trainers.training.events`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,13 +22,6 @@ SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprel
 HISTORY_COLUMNS = ["step", "latent", "frequency", "consistency", "absorption_score"]
 """The columns every fc_history.parquet has; trackers that keep more statistics add theirs
 (hole_rate, hole_score, encoder_suppression)."""
-SPLIT_COLUMNS = ["step", "latent", "slot", "score", "frequency", "consistency", "cosine", "slot_frequency",
-                 "slot_dead"]
-"""One row per FC split (trainers.fc.splitting)."""
-REPAIR_COLUMNS = ["step", "latent", "child", "score", "hole_rows", "child_share", "cos_before", "cos_after", "mode"]
-"""One row per absorption repair (trainers.fc.repair)."""
-
-
 @dataclass
 class ModelInfo:
     """Where the activations came from (recorded in cfg.json and sae_meta.json)."""
@@ -77,18 +71,3 @@ def history_frame(history: list[dict[str, np.ndarray]], d_sae: int) -> pd.DataFr
         "latent": np.tile(np.arange(d_sae, dtype=np.int64), len(history)),
         **{name: np.concatenate([h[name] for h in history]).astype(np.float32) for name in names},
     })
-
-
-def repairs_frame(repairs: list[dict]) -> pd.DataFrame:
-    """repairs.parquet from the repair rows."""
-    dtypes = {"step": "int64", "latent": "int64", "child": "int64", "score": "float64", "hole_rows": "int64",
-              "child_share": "float64", "cos_before": "float64", "cos_after": "float64", "mode": "object"}
-    return pd.DataFrame(repairs, columns=REPAIR_COLUMNS).astype(dtypes)
-
-
-def splits_frame(splits: list[dict]) -> pd.DataFrame:
-    """splits.parquet from the split rows."""
-    dtypes = {"step": "int64", "latent": "int64", "slot": "int64", "score": "float64",
-              "frequency": "float64", "consistency": "float64", "cosine": "float64", "slot_frequency": "float64",
-              "slot_dead": "bool"}
-    return pd.DataFrame(splits, columns=SPLIT_COLUMNS).astype(dtypes)

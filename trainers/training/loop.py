@@ -37,7 +37,8 @@ from trainers.training.calibration import (ThresholdCalibration, calibrate_thres
 from trainers.training.checkpoint import load_latest_checkpoint, save_checkpoint
 from trainers.training.config import TrainConfig
 from trainers.training.data import ActivationSource, first_rows, norm_scale_of
-from trainers.training.export import ModelInfo, export_sae, history_frame, repairs_frame, splits_frame
+from trainers.training.events import check_events, no_events, write_event_tables
+from trainers.training.export import ModelInfo, export_sae, history_frame
 from trainers.training.recipe import MaintenanceContext, Recipe, get_recipe, l0_target_of
 
 # Config fields that may change between a checkpoint and its resume without changing the result.
@@ -54,7 +55,8 @@ class TrainResult:
     steps: int
     final_l0: float
     norm_scale: float
-    n_splits: int
+    events: dict[str, int]
+    """Rows per maintenance event table (``n_<name>`` of the last log line)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,8 +109,7 @@ class _Run:
         self.resample_gen = torch.Generator().manual_seed(seed + 1)
         self.step = 0
         self.history: list[dict[str, np.ndarray]] = []
-        self.splits: list[dict] = []
-        self.repairs: list[dict] = []
+        self.events: dict[str, list[dict]] = no_events()
         self.n_resampled = 0
         self.recent_l0: deque[float] = deque(maxlen=50)
 
@@ -118,7 +119,7 @@ class _Run:
                 "optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict(),
                 "tokens_since_fired": self.tokens_since_fired_M, "touched_at": self.touched_at_M, "reservoir": self.reservoir_RD,
                 "reservoir_filled": self.reservoir_filled, "resample_gen": self.resample_gen.get_state(),
-                "history": self.history, "splits": self.splits, "repairs": self.repairs,
+                "history": self.history, "events": self.events,
                 "n_resampled": self.n_resampled,
                 "recent_l0": list(self.recent_l0),
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
@@ -137,8 +138,10 @@ class _Run:
         self.reservoir_RD = ckpt["reservoir"].to(self.device)
         self.reservoir_filled = ckpt["reservoir_filled"]
         self.resample_gen.set_state(ckpt["resample_gen"])
-        self.history, self.splits, self.n_resampled = ckpt["history"], ckpt["splits"], ckpt["n_resampled"]
-        self.repairs = ckpt.get("repairs", [])
+        self.history, self.n_resampled = ckpt["history"], ckpt["n_resampled"]
+        # Checkpoints written before the event tables were generic hold splits and repairs at top level.
+        saved = ckpt.get("events") or {"splits": ckpt.get("splits", []), "repairs": ckpt.get("repairs", [])}
+        self.events = {**no_events(), **saved}
         self.recent_l0 = deque(ckpt["recent_l0"], maxlen=50)
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
@@ -175,7 +178,7 @@ def _log_row(run: _Run, out: StepOutput, x_BD: torch.Tensor, l0: float, lr: floa
                 "mean_frequency": float(run.tracker.frequency.mean()),
                 "mean_consistency": float(run.tracker.consistency.mean()),
                 "mean_absorption_score": float(score_M.mean()), "max_absorption_score": float(score_M.max()),
-                "n_splits": len(run.splits), "n_repairs": len(run.repairs), "n_resampled": run.n_resampled,
+                **{f"n_{name}": len(rows) for name, rows in run.events.items()}, "n_resampled": run.n_resampled,
                 **run.model.log_stats()}
 
 
@@ -213,8 +216,9 @@ def _maintain(run: _Run) -> None:
                              dead_M=run.tokens_since_fired_M >= cfg.dead_after_tokens,
                              recently_touched_M=step - run.touched_at_M < horizon, generator=run.resample_gen)
     result = maintain(ctx)
-    run.splits.extend(result.split_rows)
-    run.repairs.extend(result.repair_rows)
+    check_events(run.trainer, run.recipe.events, result.events)
+    for name, rows in result.events.items():
+        run.events[name].extend(rows)
     run.n_resampled += result.n_resampled
     run.touched_at_M[result.touched_L.cpu()] = step
     run.tokens_since_fired_M[result.touched_L.to(run.device)] = 0
@@ -330,7 +334,7 @@ def _bookkeep(run: _Run, x_BD: torch.Tensor, out: StepOutput, lr: float, log_fil
     if step % cfg.log_every == 0 or step == cfg.total_steps - 1:
         log_file.write(json.dumps(_log_row(run, out, x_BD, tstep.l0, lr)) + "\n")
         log_file.flush()
-        bar.set_postfix(mse=f"{float(out.mse.detach()):.3g}", l0=f"{tstep.l0:.1f}", splits=len(run.splits))
+        bar.set_postfix(mse=f"{float(out.mse.detach()):.3g}", l0=f"{tstep.l0:.1f}", **{name: len(rows) for name, rows in run.events.items() if rows})
     return tstep
 
 
@@ -357,13 +361,12 @@ def _calibrate_threshold(run: _Run, source: ActivationSource) -> ThresholdCalibr
 
 
 def _export(run: _Run, source: ActivationSource, out_dir: Path, info: ModelInfo) -> TrainResult:
-    """Weights, tracker history, split log, then ``sae_meta.json`` (the completion marker) last."""
+    """Weights, tracker history, event tables, then ``sae_meta.json`` (the completion marker) last."""
     cfg, total = run.cfg, run.cfg.total_steps
     calibration = _calibrate_threshold(run, source)
     export_sae(run.model, out_dir, run.norm_scale, info)
     write_parquet_atomic(out_dir / folder_schema.HISTORY_FILE, history_frame(run.history, cfg.d_sae))
-    write_parquet_atomic(out_dir / folder_schema.SPLITS_FILE, splits_frame(run.splits))
-    write_parquet_atomic(out_dir / folder_schema.REPAIRS_FILE, repairs_frame(run.repairs))
+    write_event_tables(out_dir, run.events)
     final_l0 = float(np.mean(run.recent_l0)) if run.recent_l0 else 0.0
     k_value = cfg.k if run.recipe.sparsity == "k" else None
     SAEMeta(name=out_dir.name, trainer=run.trainer, seed=run.seed, architecture=run.model.architecture, k=k_value,
@@ -372,4 +375,4 @@ def _export(run: _Run, source: ActivationSource, out_dir: Path, info: ModelInfo)
             l0_target=l0_target_of(run.recipe, cfg),
             final_l0=final_l0, norm_scale=run.norm_scale,
             threshold_calibration=calibration and calibration.to_dict()).write(out_dir)
-    return TrainResult(out_dir, total, final_l0, run.norm_scale, len(run.splits))
+    return TrainResult(out_dir, total, final_l0, run.norm_scale, {name: len(rows) for name, rows in run.events.items()})

@@ -44,18 +44,25 @@ class MaintenanceContext(NamedTuple):
 class MaintenanceResult(NamedTuple):
     touched_L: "torch.Tensor"
     """Every latent whose weights were rewritten (the loop resets their dead-token counters)."""
-    split_rows: list[dict]
-    """One row per split (``splits.parquet``)."""
-    n_resampled: int
+    events: dict[str, list[dict]] = {}
+    """Rows per event table (``trainers.training.events``), for the tables the recipe declares."""
+    n_resampled: int = 0
     """Dead latents re-initialised by resampling."""
-    repair_rows: list[dict] = []
-    """One row per absorption repair (``repairs.parquet``)."""
 
     @staticmethod
     def nothing() -> "MaintenanceResult":
         import torch
 
-        return MaintenanceResult(torch.empty(0, dtype=torch.long), [], 0)
+        return MaintenanceResult(torch.empty(0, dtype=torch.long))
+
+    def then(self, other: "MaintenanceResult") -> "MaintenanceResult":
+        """This event followed by ``other`` in the same maintenance step."""
+        import torch
+
+        events = {name: self.events.get(name, []) + other.events.get(name, [])
+                  for name in dict.fromkeys([*self.events, *other.events])}
+        return MaintenanceResult(torch.cat([self.touched_L.cpu(), other.touched_L.cpu()]), events,
+                                 self.n_resampled + other.n_resampled)
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class Recipe:
     """Option groups (``Options`` dataclasses) the recipe reads via ``cfg.option(cls)``."""
     maintain: Callable[[MaintenanceContext], MaintenanceResult] | None = None
     """Called at the maintenance steps; None: the recipe needs no maintenance."""
+    events: tuple[str, ...] = ()
+    """The event tables its maintenance writes rows to (``trainers.training.events``)."""
     sparsity: str = "k"
     """What sets the L0: ``k`` (train.k is the target) or ``penalty`` (an L1-style weight)."""
     train: Callable[..., Any] | None = None

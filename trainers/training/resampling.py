@@ -33,4 +33,4 @@ def resample_dead(model: SparseAutoencoder, optimizer: torch.optim.Optimizer,
 def resample_maintain(ctx: MaintenanceContext) -> MaintenanceResult:
     """The maintenance hook of resampling recipes: every dead latent restarts."""
     ids_L = resample_dead(ctx.model, ctx.optimizer, ctx.tracker, ctx.reservoir_RD, ctx.dead_M, ctx.generator)
-    return MaintenanceResult(ids_L, [], int(ids_L.numel()))
+    return MaintenanceResult(ids_L, n_resampled=int(ids_L.numel()))
