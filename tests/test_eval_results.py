@@ -174,9 +174,9 @@ def test_eval_config_rejects_bad_values(kwargs, message):
         EvalConfig(**kwargs)
 
 
-def test_eval_presets_exist_and_validate():
+def test_eval_settings_of_the_presets_validate():
+    from pipeline.config import get_preset
+
     for name in ("demo", "pythia70m", "tiny"):
-        assert EvalConfig.preset(name).evals
-    assert EvalConfig.preset("pythia70m").options["absorption"]["word_sample"] is None
-    with pytest.raises(EvalConfigError, match="no eval preset"):
-        EvalConfig.preset("huge")
+        assert get_preset(name).eval.evals
+    assert get_preset("pythia70m").eval.options["absorption"]["word_sample"] is None

@@ -17,6 +17,35 @@ def test_presets_resolve_and_round_trip(name, tmp_path):
     assert cfg.model.hook == expected
 
 
+def test_every_preset_file_is_listed_and_every_listed_preset_has_a_file():
+    from pipeline.config import PRESET_DIR
+
+    assert sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) == sorted(PRESETS)
+
+
+def test_a_preset_extends_its_parent_field_by_field():
+    experiment, gpu = get_preset("experiment"), get_preset("experiment-gpu")
+    assert gpu.train.d_sae == 16384 and gpu.train.precision == "float32" and [p.k for p in gpu.train.sweep] == [32]
+    assert gpu.harvest == experiment.harvest and gpu.model == get_preset("demo").model
+    extra = get_preset("experiment-extra")
+    assert {p.label: p.options["relu_l1"]["l1_coeff"] for p in extra.train.sweep} == {"k32": 0.889, "k16": 1.15,
+                                                                                     "k64": 0.678}
+
+
+def test_a_bad_preset_file_is_one_error_naming_the_file_and_field(tmp_path, monkeypatch):
+    import pipeline.config as config
+
+    monkeypatch.setattr(config, "PRESET_DIR", tmp_path)
+    monkeypatch.setattr(config, "PRESETS", ("a", "b"))
+    (tmp_path / "a.yaml").write_text("extends: b\ntrain: {k: 4}\n")
+    (tmp_path / "b.yaml").write_text("train: {d_sae: 64, nonsense: 1}\n")
+    with pytest.raises(ConfigError, match=r"b.yaml: .*train.nonsense"):
+        config.get_preset("b")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    with pytest.raises(ConfigError, match=r"preset 'a' extends itself \(a -> b -> a\)"):
+        config.get_preset("a")
+
+
 def test_yaml_file_overrides_a_preset(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("preset: tiny\ntrain:\n  k: 4\nmodel:\n  layer: 0\n")

@@ -247,28 +247,3 @@ class TrainConfig:
     def total_steps(self) -> int:
         return self.n_tokens // self.batch_size
 
-    @staticmethod
-    def preset(name: str) -> "TrainConfig":
-        """The training settings of a named preset (:data:`TRAIN_PRESETS`)."""
-        if name == "demo":
-            # Sized for ~60-90 s per SAE on 2 CPU cores (~140 ms per step on one core, all included).
-            return TrainConfig(d_sae=2048, k=32, n_tokens=512_000, batch_size=1024, resample_every=50,
-                               dead_after_tokens=100_000, checkpoint_every=100, snapshot_every=20,
-                               log_every=10, reservoir_rows=8192)
-        if name == "pythia70m":
-            return TrainConfig(d_sae=16384, k=80, n_tokens=200_000_000, batch_size=4096,
-                               resample_every=2500, dead_after_tokens=10_000_000,
-                               checkpoint_every=5000, snapshot_every=500, log_every=50)
-        if name == "tiny":
-            # 128 steps: the tracker's memory (1 / (1 - beta)) must be short enough for split events.
-            return TrainConfig(d_sae=256, k=8, n_tokens=32768, batch_size=256, seeds=[0], lr=5e-3,
-                               resample_every=16, reservoir_rows=2048,
-                               options={"fc": {"max_split_frac": 0.02, "dead_freq": 5e-3}},
-                               dead_after_tokens=4096, checkpoint_every=64, snapshot_every=8,
-                               log_every=4, norm_rows=4096, cpu_threads=1, tracker=TrackerConfig(beta=0.9))
-        raise TrainConfigError(f"no training preset {name!r} (available: {', '.join(TRAIN_PRESETS)})")
-
-
-TRAIN_PRESETS = ("demo", "pythia70m", "tiny")
-"""The names :meth:`TrainConfig.preset` knows (the other run presets build their training settings
-in pipeline/config.py)."""
