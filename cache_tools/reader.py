@@ -229,6 +229,12 @@ class ActivationStore:
         return iter(MixingLoader(self, batch_size, seed=seed, epoch=epoch, start_batch=start_batch,
                                  device=device, dtype=dtype, buffer_rows=buffer_rows, n_threads=n_threads))
 
+    def head(self, n_rows: int):
+        """Rows [0, n_rows) as a store of their own (:class:`cache_tools.prefix.StorePrefix`)."""
+        from cache_tools.prefix import StorePrefix
+
+        return StorePrefix(self, n_rows)
+
     def __repr__(self) -> str:
         return (f"ActivationStore({str(self.path)!r}, rows={self.n_rows}, d_model={self.d_model}, "
                 f"dtype={self.acts_dtype}, shards={len(self.records)}/{self.spec.n_shards})")

@@ -62,10 +62,16 @@ class SAEMeta:
     threshold_calibration: dict | None = None
     """How the inference threshold of a BatchTopK-family SAE was set after training (rows, target,
     the L0 reached on those rows and on a disjoint check slice, the old threshold); None otherwise."""
+    external: dict | None = None
+    """Where an SAE trained elsewhere was imported from (source folder, format, sha256); None for the
+    SAEs trained here."""
 
     def write(self, folder: str | Path) -> Path:
         """Write the completion marker (atomically; call it after every other file of the SAE)."""
-        return write_json_atomic(Path(folder) / META_FILE, asdict(self))
+        record = asdict(self)
+        if record["external"] is None:
+            del record["external"]  # the meta files of SAEs trained here keep their bytes
+        return write_json_atomic(Path(folder) / META_FILE, record)
 
     @staticmethod
     def read(folder: str | Path) -> "SAEMeta":
@@ -77,7 +83,8 @@ class SAEMeta:
         except json.JSONDecodeError as e:
             raise SAEFolderError(f"{path} is not valid JSON: {e}") from None
         wanted = {f.name for f in fields(SAEMeta)}
-        optional = {"l0_target", "final_l0", "norm_scale", "k", "model_source", "train_tokens", "threshold_calibration"}
+        optional = {"l0_target", "final_l0", "norm_scale", "k", "model_source", "train_tokens", "threshold_calibration",
+                    "external"}
         missing = sorted(wanted - set(raw) - optional)
         if missing:
             raise SAEFolderError(f"{path} lacks field(s) {', '.join(missing)}")

@@ -143,7 +143,17 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from pipeline.evaluate import evaluate
 
-    path = evaluate(_cfg(args), args.run_dir, evals=args.eval or None, saes=args.sae or None)
+    cfg = _cfg(args)
+    saes = list(args.sae)
+    if args.sae_path:
+        from pipeline.external_sae import import_external_sae
+
+        name = import_external_sae(args.run_dir, args.sae_path, cfg, args.sae_name)
+        print(f"external SAE: {args.run_dir / 'saes' / name}")
+        saes.append(name)
+    elif args.sae_name:
+        raise SystemExit("fc-sae eval: --sae-name names an SAE given with --sae-path")
+    path = evaluate(cfg, args.run_dir, evals=args.eval or None, saes=saes or None)
     print(f"results: {path}")
     return 0
 
@@ -287,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--eval", action="append", default=[],
                            help="only this eval (repeatable; one of those listed below)")
             p.add_argument("--sae", action="append", default=[], help=_sae_help("only this SAE (repeatable)"))
+            p.add_argument("--sae-path", type=Path, help="also score an SAE saved in SAELens's format (a folder "
+                           "with cfg.json and sae_weights.safetensors: standard, topk or jumprelu), imported as "
+                           "RUN_DIR/saes/<name> with trainer 'external'; only it is scored unless --sae adds others")
+            p.add_argument("--sae-name", help="the imported SAE's folder name (default: external_<folder name>)")
 
     cal = sub.add_parser("calibrate", help="set BatchTopK-family thresholds of finished SAEs so mean L0 = k on the cache",
                          description="Re-calibrate the inference threshold of finished BatchTopK, Matryoshka (and "

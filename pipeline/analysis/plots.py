@@ -376,21 +376,48 @@ def _frontier_panel(ax, part: pd.DataFrame, trainers: list[str], colour: dict) -
     ax.grid(alpha=0.3)
 
 
+HELDOUT_CURVES = {"mse": "heldout_mse", "l0": "heldout_l0", "explained_variance": "heldout_explained_variance"}
+"""train_log.jsonl's held-out scores (train.heldout_rows), drawn dashed on the panel of their training
+counterpart; the held-out dead fraction (latents that fire on none of the rows) has a panel of its own."""
+HELDOUT_DEAD = "heldout_dead_frac"
+
+
+def training_curve_lines(logs: list[tuple[str, "pd.DataFrame"]]) -> dict[str, list[tuple[str, str, bool]]]:
+    """Per panel of the training curves, its lines: (SAE, train_log column, held-out?)."""
+    panels: dict[str, list[tuple[str, str, bool]]] = {}
+    for key in ("loss", "mse", "l0", "explained_variance", "frac_alive"):
+        lines = [(name, key, False) for name, log in logs if key in log]
+        lines += [(name, HELDOUT_CURVES[key], True) for name, log in logs
+                  if key in HELDOUT_CURVES and HELDOUT_CURVES[key] in log]
+        if lines:
+            panels[key] = lines
+    dead = [(name, HELDOUT_DEAD, True) for name, log in logs if HELDOUT_DEAD in log]
+    if dead:
+        panels["dead fraction"] = dead
+    return panels
+
+
 def training_curves(sae_dirs: list[Path], out: Path) -> Path | None:
-    """Loss, MSE, L0, explained variance and alive fraction over training, one line per SAE."""
+    """Loss, MSE, L0, explained variance and alive fraction over training, one line per SAE; the
+    held-out scores of SAEs trained with held-out rows dashed beside them."""
     logs = [(d.name, log) for d in sae_dirs if (log := read_train_log(d)) is not None and "step" in log]
     if not logs:
         return None
-    keys = [k for k in ("loss", "mse", "l0", "explained_variance", "frac_alive")
-            if any(k in log for _, log in logs)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.2), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        for name, log in logs:
-            if key in log:
-                ax.plot(log["step"], log[key], label=name, linewidth=1)
-        ax.set(title=key, xlabel="step")
+    panels = training_curve_lines(logs)
+    by_name = dict(logs)
+    colours = {name: f"C{i % 10}" for i, (name, _) in enumerate(logs)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.2), squeeze=False)
+    for ax, (key, lines) in zip(axes.flat, panels.items()):
+        for name, column, heldout in lines:
+            log = by_name[name]
+            label = f"{name} ({column.replace('_', ' ')})" if heldout else name
+            ax.plot(log["step"], log[column], label=label, linewidth=1, color=colours[name],
+                    linestyle="--" if heldout else "-")
+        ax.set(title=key if not any(h for *_, h in lines) else f"{key} (dashed: held-out)", xlabel="step")
         if key in ("loss", "mse"):
             ax.set_yscale("log")
+        if any(h for *_, h in lines):
+            ax.legend(fontsize=5)
     axes.flat[0].legend(fontsize=6)
     return _save(fig, out)
 

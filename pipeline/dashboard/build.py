@@ -15,6 +15,7 @@ import torch
 from fc_base.errors import ConfigError
 from fc_base.sae_folder import HISTORY_FILE, REPAIRS_FILE, SPLITS_FILE, SAEMeta
 from pipeline.dashboard.contexts import build_contexts
+from pipeline.dashboard.ground_truth import check_synthetic_source, feature_matches, is_synthetic, row_contexts
 from pipeline.dashboard.inputs import (FREQUENCY_SAMPLE_ROWS, check_cache_matches, check_selection, choose_latents,
                                        letter_roles,
                                        read_absorption, sae_folder)
@@ -90,13 +91,18 @@ def build_dashboard(run_dir: str | Path, opts: DashboardOptions) -> Path:
     check_cache_matches(store.attrs, meta, store.d_model)
     details = read_absorption(run_dir, meta.name)
     check_selection(opts, meta, details, run_dir)  # before the slow SAE load: bad input fails fast
+    if is_synthetic(meta):
+        check_synthetic_source(run_dir, folder, meta)
     from eval.sae import load_sae  # sae-bench: imported only once the input is known good
     from pipeline.models import load_tokenizer
 
     sae = load_sae(folder)
     W_dec_SD = sae.W_dec.detach()
     choices = choose_latents(opts, run_dir, folder, meta, W_dec_SD, details)
-    tokenizer = load_tokenizer(meta.model_name, source=meta.model_source)
+    synthetic = is_synthetic(meta)
+    # A synthetic model has no tokenizer: its rows are shown alone, with the true features instead.
+    tokenizer = None if synthetic else load_tokenizer(meta.model_name, source=meta.model_source)
+    features = None
     if choices is None:  # --top without tracker history
         rows = min(FREQUENCY_SAMPLE_ROWS, store.n_rows)
         choices = [LatentChoice(i, f"fires on {f:.3%} of the first {rows:,} cache rows (no tracker history)")
@@ -105,14 +111,19 @@ def build_dashboard(run_dir: str | Path, opts: DashboardOptions) -> Path:
 
     top = scan_top_activations(store, sae, latents, opts.n_contexts, opts.batch_size)
     scanned = time.monotonic() - started
-    contexts = build_contexts(store, sae, top, tokenizer, opts.context_tokens, opts.batch_size)
+    if synthetic:
+        contexts = row_contexts(store, top)
+        features = feature_matches(run_dir, folder, meta, W_dec_SD, latents)
+    else:
+        contexts = build_contexts(store, sae, top, tokenizer, opts.context_tokens, opts.batch_size)
     history = _history(folder, latents)
     neighbours = _neighbours(W_dec_SD, latents, opts.n_neighbours)
     roles = letter_roles(details, run_dir, meta.layer, W_dec_SD, latents)
     hist_MB = top.hist_MB.numpy()
     pages = [LatentPage(c, int(hist_MB[m].sum()), float(top.top_vals_NM[0, m]), contexts[m], hist_MB[m],
                         history[history["latent"] == c.latent], _events(folder, c.latent), neighbours[m],
-                        roles[c.latent]) for m, c in enumerate(choices)]
+                        roles[c.latent], features[c.latent] if features is not None else None)
+             for m, c in enumerate(choices)]
 
     out = Path(opts.out) if opts.out else default_out(run_dir, meta.name)
     out.parent.mkdir(parents=True, exist_ok=True)

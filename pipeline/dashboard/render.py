@@ -29,6 +29,9 @@ class LatentPage(NamedTuple):
     """Split and repair events that touched it (kind, step, role, other latent, ...)."""
     neighbours: list[tuple[int, float]]
     letters: list[LetterRole]
+    features: list | None = None
+    """For an SAE of a synthetic model: the true features it matches
+    (pipeline.dashboard.ground_truth.FeatureMatch); None otherwise."""
 
 
 def _plot(page: LatentPage, path: Path) -> None:
@@ -100,6 +103,26 @@ def _letters_html(letters: list[LetterRole]) -> str:
     return "<ul>" + "".join(items) + "</ul>"
 
 
+def _relative_html(r) -> str:
+    return f'feature {r.feature} (its closest latent <a href="#latent-{r.latent}">{r.latent}</a>, cos {r.cosine:.2f})'
+
+
+def _features_html(features: list | None) -> str:
+    if features is None:
+        return ""
+    rows = []
+    for f in features:
+        parent = _relative_html(f.parent) if f.parent is not None else "none (a root)"
+        children = ", ".join(_relative_html(c) for c in f.children) or "none"
+        if f.n_children > len(f.children):
+            children += f", and {f.n_children - len(f.children)} more"
+        rows.append(f"<tr><td class=num>{f.feature}</td><td class=num>{f.cosine:.3f}</td><td class=num>{f.depth}</td>"
+                    f"<td>{parent}</td><td>{children}</td></tr>")
+    return ("<h3>ground-truth features (cosine of the decoder row with the true feature)</h3>"
+            "<table class=events><tr><th>feature</th><th>cosine</th><th>depth</th><th>parent</th><th>children</th></tr>"
+            + "".join(rows) + "</table>")
+
+
 def _section(page: LatentPage, png: str, n_rows: int) -> str:
     i = page.choice.latent
     scale = max((c.activation for c in page.contexts), default=0.0)
@@ -111,6 +134,7 @@ def _section(page: LatentPage, png: str, n_rows: int) -> str:
 <p class=meta>{html.escape(page.choice.reason)} &middot; fires on {page.fires:,} of {n_rows:,} cache rows
 ({page.fires / max(n_rows, 1):.3%}) &middot; max activation {page.max_activation:.4g}</p>
 <img src="{png}" alt="activation histogram and tracker history of latent {i}">
+{_features_html(page.features)}
 <h3>first letters (absorption eval)</h3>{_letters_html(page.letters)}
 <h3>nearest decoder rows (cosine)</h3><p>{neighbours}</p>
 <h3>top contexts</h3>

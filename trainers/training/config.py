@@ -129,6 +129,15 @@ class TrainConfig:
     """Rows read from the start of the cache to estimate the input normalisation factor."""
     log_every: int = 10
     """Steps between lines of train_log.jsonl."""
+    heldout_rows: int = 0
+    """Rows at the end of the activation cache that training never reads (not for batches, the
+    normalisation factor, the reservoir or the threshold calibration); at every log step the SAE is
+    scored on them (``heldout_explained_variance``, ``heldout_mse``, ``heldout_l0``,
+    ``heldout_dead_frac`` in train_log.jsonl). 0: none, and training reads every row as it always did
+    (existing SAEs and their checkpoints stay valid). Each log step encodes these rows once."""
+    tensorboard: bool = False
+    """Also write every train_log.jsonl line as TensorBoard scalars under ``<SAE folder>/tensorboard``
+    (``torch.utils.tensorboard``; needs the ``tensorboard`` package; offline)."""
     snapshot_every: int = 50
     """Steps between tracker snapshots in fc_history.parquet (and one at the end)."""
     checkpoint_every: int = 500
@@ -187,6 +196,9 @@ class TrainConfig:
         _check(self.reservoir_rows >= self.batch_size,
                f"train.reservoir_rows ({self.reservoir_rows}) must be >= train.batch_size ({self.batch_size})")
         _check(self.norm_rows > 0, f"train.norm_rows must be > 0, got {self.norm_rows}")
+        _check(isinstance(self.heldout_rows, int) and self.heldout_rows >= 0,
+               f"train.heldout_rows must be an int >= 0, got {self.heldout_rows!r}")
+        _check(isinstance(self.tensorboard, bool), f"train.tensorboard must be true or false, got {self.tensorboard!r}")
         _check(self.log_every > 0 and self.snapshot_every > 0,
                "train.log_every and train.snapshot_every must be > 0")
         _check(self.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")

@@ -25,6 +25,10 @@ class ActivationSource(Protocol):
                      device: str | torch.device = "cpu",
                      dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]: ...
 
+    def head(self, n_rows: int) -> "ActivationSource":
+        """Rows [0, n_rows) as a source of their own (what training reads beside held-out rows)."""
+        ...
+
 
 class InMemoryActivations:
     """Activations held as one (N, D) tensor; batches follow a seeded permutation per epoch."""
@@ -45,6 +49,9 @@ class InMemoryActivations:
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return self.acts_ND[start:stop].to(torch.float32).numpy()
+
+    def head(self, n_rows: int) -> "InMemoryActivations":
+        return InMemoryActivations(self.acts_ND[:n_rows])
 
     def iter_batches(self, batch_size: int, *, seed: int, epoch: int = 0, start_batch: int = 0,
                      device: str | torch.device = "cpu",

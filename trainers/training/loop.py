@@ -39,10 +39,16 @@ from trainers.training.config import TrainConfig
 from trainers.training.data import ActivationSource, first_rows, norm_scale_of
 from trainers.training.events import check_events, no_events, write_event_tables
 from trainers.training.export import ModelInfo, export_sae, history_frame
+from trainers.training.heldout import heldout_scores, split_heldout
+from trainers.training.tensorboard import open_writer, require_tensorboard, write_scalars
 from trainers.training.recipe import MaintenanceContext, Recipe, get_recipe, l0_target_of
 
 # Config fields that may change between a checkpoint and its resume without changing the result.
-RESUME_FREE_FIELDS = {"trainers", "seeds", "device", "checkpoint_every", "keep_checkpoints", "cpu_threads"}
+RESUME_FREE_FIELDS = {"trainers", "seeds", "device", "checkpoint_every", "keep_checkpoints", "cpu_threads",
+                      "tensorboard"}
+# Fields added after SAEs were trained, with the value that means "as before": at that value they are
+# left out of checkpoints and train_config.json, so earlier checkpoints resume and files keep their bytes.
+LATER_FIELD_DEFAULTS = {"heldout_rows": 0, "tensorboard": False}
 
 
 class TrainingDivergedError(RuntimeError):
@@ -73,8 +79,14 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr
 
 
+def _config_record(cfg: TrainConfig) -> dict[str, Any]:
+    """``cfg`` as a dict without the later fields at their "as before" value."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if not (k in LATER_FIELD_DEFAULTS and v == LATER_FIELD_DEFAULTS[k])}
+
+
 def _comparable(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RESUME_FREE_FIELDS}
+    return {k: v for k, v in _config_record(cfg).items() if k not in RESUME_FREE_FIELDS}
 
 
 class _Run:
@@ -112,6 +124,9 @@ class _Run:
         self.events: dict[str, list[dict]] = no_events()
         self.n_resampled = 0
         self.recent_l0: deque[float] = deque(maxlen=50)
+        # Not in checkpoints: the held-out rows are read again from the cache, the writer reopened.
+        self.heldout_HD: torch.Tensor | None = None
+        self.tensorboard = None
 
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "trainer": self.trainer, "seed": self.seed, "config": _comparable(self.cfg),
@@ -179,7 +194,9 @@ def _log_row(run: _Run, out: StepOutput, x_BD: torch.Tensor, l0: float, lr: floa
                 "mean_consistency": float(run.tracker.consistency.mean()),
                 "mean_absorption_score": float(score_M.mean()), "max_absorption_score": float(score_M.max()),
                 **{f"n_{name}": len(rows) for name, rows in run.events.items()}, "n_resampled": run.n_resampled,
-                **run.model.log_stats()}
+                **run.model.log_stats(),
+                **(heldout_scores(run.model, run.heldout_HD, run.norm_scale, run.device)
+                   if run.heldout_HD is not None else {})}
 
 
 def _snapshot(run: _Run) -> dict[str, np.ndarray]:
@@ -240,17 +257,33 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: in
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     own_loop = get_recipe(trainer).train
+    if cfg.tensorboard:
+        require_tensorboard()
+    # Training reads only the rows before the held-out ones (all rows without them).
+    source, heldout_HD = split_heldout(source, cfg.heldout_rows, cfg.batch_size)
     try:
         if own_loop is not None:
             return own_loop(source, cfg, trainer, seed, Path(out_dir), info, progress)
-        return _train_sae(source, cfg, trainer, seed, Path(out_dir), info, on_checkpoint, progress)
+        return _train_sae(source, cfg, trainer, seed, Path(out_dir), info, on_checkpoint, progress, heldout_HD)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _train_sae(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: int, out_dir: Path, info: ModelInfo,
-               on_checkpoint: Callable[[int], None] | None, progress: bool) -> TrainResult:
+               on_checkpoint: Callable[[int], None] | None, progress: bool,
+               heldout_HD: torch.Tensor | None = None) -> TrainResult:
     run, log_path = _setup(source, cfg, trainer, seed, out_dir)
+    run.heldout_HD = heldout_HD
+    run.tensorboard = open_writer(out_dir, run.step) if cfg.tensorboard else None
+    try:
+        return _train_steps(run, source, cfg, seed, out_dir, info, log_path, on_checkpoint, progress)
+    finally:
+        if run.tensorboard is not None:
+            run.tensorboard.close()
+
+
+def _train_steps(run: _Run, source: ActivationSource, cfg: TrainConfig, seed: int, out_dir: Path, info: ModelInfo,
+                 log_path: Path, on_checkpoint: Callable[[int], None] | None, progress: bool) -> TrainResult:
     total = cfg.total_steps
     steps_per_epoch = source.n_rows // cfg.batch_size
     batches = None
@@ -290,7 +323,7 @@ def _setup(source: ActivationSource, cfg: TrainConfig, trainer: str, seed: int, 
     else:
         log_path.write_text("")
     write_json_atomic(out_dir / folder_schema.TRAIN_CONFIG_FILE,
-                      {"trainer": trainer, "seed": seed, **dataclasses.asdict(cfg), "total_steps": cfg.total_steps})
+                      {"trainer": trainer, "seed": seed, **_config_record(cfg), "total_steps": cfg.total_steps})
     return run, log_path
 
 
@@ -332,9 +365,13 @@ def _bookkeep(run: _Run, x_BD: torch.Tensor, out: StepOutput, lr: float, log_fil
     run.recent_l0.append(tstep.l0)
     _push_reservoir(run, x_BD)
     if step % cfg.log_every == 0 or step == cfg.total_steps - 1:
-        log_file.write(json.dumps(_log_row(run, out, x_BD, tstep.l0, lr)) + "\n")
+        row = _log_row(run, out, x_BD, tstep.l0, lr)
+        log_file.write(json.dumps(row) + "\n")
         log_file.flush()
-        bar.set_postfix(mse=f"{float(out.mse.detach()):.3g}", l0=f"{tstep.l0:.1f}", **{name: len(rows) for name, rows in run.events.items() if rows})
+        if run.tensorboard is not None:
+            write_scalars(run.tensorboard, row)
+        bar.set_postfix(mse=f"{float(out.mse.detach()):.3g}", l0=f"{tstep.l0:.1f}",
+                        **{name: len(rows) for name, rows in run.events.items() if rows})
     return tstep
 
 
