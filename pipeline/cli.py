@@ -100,18 +100,14 @@ def cmd_config_show(args) -> int:
 
 def cmd_model(args) -> int:
     from pipeline import models
+    from pipeline.config import ModelConfig, RunConfig
+    from pipeline.model_source import model_source
 
-    if args.name.startswith("synth/"):
-        from pipeline.synthetic_models import ensure_synthetic_model, synthetic_provenance
-
-        folder = ensure_synthetic_model(args.name, args.synthetic_config)
-        print(json.dumps({"folder": str(folder), "provenance": synthetic_provenance(args.name, args.synthetic_config)},
-                         indent=2))
+    source = model_source(RunConfig(model=ModelConfig(name=args.name, source=args.source, layer=0,
+                                                      synthetic_config=args.synthetic_config or "")))
+    print(json.dumps(source.ensure(), indent=2))
+    if source.kind != "language":
         return 0
-
-    snap = models.ensure_model(args.name, source=args.source)
-    print(json.dumps({"snapshot": str(snap) if snap else None,
-                      "provenance": models.model_provenance(args.name)}, indent=2))
     if args.prompt:
         import torch
 

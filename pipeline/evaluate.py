@@ -24,6 +24,7 @@ from fc_base.progress import run_scope, stage_progress
 from fc_base.sae_folder import META_FILE, SAES_DIR, SAEMeta, list_sae_folders
 from fc_base.torch_utils import resolve_device, torch_dtype
 from pipeline.config import RunConfig
+from pipeline.model_source import model_source
 
 if TYPE_CHECKING:
     import torch
@@ -48,11 +49,9 @@ def eval_settings(cfg: RunConfig, eval_name: str) -> dict[str, Any]:
     if spec.text_docs is not None:
         settings["corpus"] = cfg.corpus.source
         settings["corpus_seed"] = cfg.corpus.seed
-    if spec.model_kind == "synthetic" and cfg.model.is_synthetic:
-        from pipeline.synthetic_models import config_hash, synthetic_config
-
-        settings["synthetic_config_hash"] = config_hash(
-            synthetic_config(cfg.model.name, cfg.model.synthetic_config or None))
+    source = model_source(cfg)
+    if spec.model_kind == source.kind:  # e.g. the synthetic model's config hash
+        settings.update(source.eval_settings())
     return settings
 
 

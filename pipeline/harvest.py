@@ -16,22 +16,20 @@ import hashlib
 import json
 import sys
 import threading
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
 
-import pipeline
 from cache_tools.errors import StoreError
 from cache_tools.layout import LAYOUT_ATTR, MANIFEST_NAME, StoreSpec, read_group_attrs
 from cache_tools.manifest import Manifest
 from cache_tools.writer import IDENTITY_ATTR, StoreWriter
 from fc_base.progress import StageProgress, mark_on_disk, stage_progress
 from fc_base.torch_utils import slow_cpu_low_precision
-from pipeline.config import HOOK_RESID_POST, RunConfig
+from pipeline.config import RunConfig
 from pipeline.harvest_dask import harvest_groups_dask
-from pipeline.harvest_groups import (GroupHarvester, HarvestError, HarvestPlan, make_plan,  # noqa: F401  (re-exported)
-                                     open_group_harvester)
+from pipeline.harvest_groups import GroupHarvester, HarvestError, HarvestPlan, make_plan  # noqa: F401  (re-exported)
+from pipeline.model_source import model_source
 
 CACHE_DIR = "cache"
 
@@ -40,13 +38,8 @@ def content_identity(cfg: RunConfig) -> str:
     """Fingerprint of every setting that determines the cached rows (not the device or worker count)."""
     model = {k: v for k, v in asdict(cfg.model).items() if k not in ("device", "synthetic_config")}
     harvest = {k: v for k, v in asdict(cfg.harvest).items() if k != "n_workers"}
-    content = {"model": model, "corpus": asdict(cfg.corpus), "harvest": harvest}
-    if not cfg.model.is_synthetic and not cfg.model.hook.endswith("." + HOOK_RESID_POST):
-        # Stores of attention/MLP hooks written before these were read from their own modules held
-        # the layer output under the hook's name; this marker keeps such a store from matching.
-        content["hook_read_from"] = "submodule output"
-    if cfg.model.is_synthetic:  # the config file's content, not its path, defines the rows
-        content["synthetic"] = _synthetic_hash(cfg)
+    content = {"model": model, "corpus": asdict(cfg.corpus), "harvest": harvest,
+               **model_source(cfg).identity_content()}
     blob = json.dumps(content, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -66,55 +59,6 @@ def _existing_store_state(root: Path, identity: str) -> bool:
     return len(Manifest(root / MANIFEST_NAME).load()) == spec.n_shards
 
 
-def _synthetic_hash(cfg: RunConfig) -> str:
-    from pipeline.synthetic_models import config_hash, synthetic_config
-
-    return config_hash(synthetic_config(cfg.model.name, cfg.model.synthetic_config or None))
-
-
-def _synthetic_store_attrs(cfg: RunConfig) -> dict:
-    from pipeline.synthetic_models import synthetic_provenance
-
-    return {
-        "model": {"name": cfg.model.name, "source": "synthetic", "synthetic_config_hash": _synthetic_hash(cfg),
-                  "provenance": synthetic_provenance(cfg.model.name, cfg.model.synthetic_config or None)},
-        "layer": cfg.model.layer,
-        "hook_name": cfg.model.hook,
-        "seed": cfg.corpus.seed,
-        "dtype": cfg.harvest.store_dtype,
-        "project_version": pipeline.__version__,
-        "harvest_config": asdict(cfg.harvest),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
-def _store_attrs(cfg: RunConfig, plan: HarvestPlan, tokenizer, site) -> dict:
-    from pipeline.models import model_provenance
-
-    if cfg.model.is_synthetic:
-        return _synthetic_store_attrs(cfg)
-    return {
-        "model": {"name": cfg.model.name, "source": cfg.model.source, "dtype": cfg.model.dtype,
-                  "provenance": model_provenance(cfg.model.name, source=cfg.model.source)},
-        "layer": cfg.model.layer,
-        "hook_name": cfg.model.hook,
-        "hook_module": f"output of decoder {site.describe()}",
-        "context_length": cfg.corpus.context_length,
-        "tokenizer": {"name": cfg.model.name, "class": type(tokenizer).__name__,
-                      "bos_token_id": tokenizer.bos_token_id, "vocab_size": len(tokenizer)},
-        "dataset": {"source": cfg.corpus.source, "split": cfg.corpus.split,
-                    "revision": cfg.corpus.revision, "text_field": cfg.corpus.text_field},
-        "seed": cfg.corpus.seed,
-        "dtype": cfg.harvest.store_dtype,
-        "rows_per_window": plan.rows_per_window,
-        "bos_excluded": plan.rows_per_window < cfg.corpus.context_length,
-        "project_version": pipeline.__version__,
-        "harvest_config": asdict(cfg.harvest),
-        "corpus_config": asdict(cfg.corpus),
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
 # ---- the stage ------------------------------------------------------------------------------
 
 class PreparedHarvest(NamedTuple):
@@ -132,20 +76,14 @@ class PreparedHarvest(NamedTuple):
 
 def prepare_harvest(cfg: RunConfig, run_dir: str | Path) -> PreparedHarvest:
     """Create or reopen ``run_dir/cache``, clear leftovers of an interrupted run, list what is left."""
-    from pipeline.models import load_tokenizer
-    from pipeline.synthetic_harvest import synthetic_plan
-
+    source = model_source(cfg)
     root = Path(run_dir) / CACHE_DIR
     site = check_hook(cfg)
-    if cfg.model.is_synthetic:
-        tokenizer, plan = None, synthetic_plan(cfg)
-    else:
-        tokenizer = load_tokenizer(cfg.model.name, source=cfg.model.source)
-        plan = make_plan(cfg, tokenizer)
-    spec = StoreSpec(n_rows=plan.n_rows, d_model=_d_model(cfg), shard_rows=cfg.harvest.shard_rows,
+    tokenizer, plan = source.plan()
+    spec = StoreSpec(n_rows=plan.n_rows, d_model=source.d_model(), shard_rows=cfg.harvest.shard_rows,
                      chunk_rows=cfg.harvest.chunk_rows, acts_dtype=cfg.harvest.store_dtype)
     try:
-        writer = StoreWriter.create_or_open(root, spec, _store_attrs(cfg, plan, tokenizer, site),
+        writer = StoreWriter.create_or_open(root, spec, source.store_attrs(plan, tokenizer, site),
                                             content_identity(cfg))
     except StoreError as e:
         raise HarvestError(str(e)) from None
@@ -197,7 +135,7 @@ def _harvest_locked(cfg: RunConfig, run_dir: str | Path, root: Path, *, client, 
                 harvest_groups_dask(cfg, root, prep.groups, client=client, total_rows=prep.rows_to_compute,
                                     progress=progress)
         else:
-            with open_group_harvester(cfg, root, tokenizer=prep.tokenizer) as worker:
+            with model_source(cfg).group_harvester(root, tokenizer=prep.tokenizer) as worker:
                 for g in prep.groups:  # GroupHarvester.run's loop, with the record as its bar
                     worker.run_group(g, bar)
         if not prep.writer.is_complete():
@@ -206,7 +144,7 @@ def _harvest_locked(cfg: RunConfig, run_dir: str | Path, root: Path, *, client, 
 
 
 def _unit(cfg: RunConfig) -> str:
-    return "row" if cfg.model.is_synthetic else "tok"
+    return model_source(cfg).unit
 
 
 @contextlib.contextmanager
@@ -233,34 +171,9 @@ def _manifest_progress(root: Path, bar: StageProgress, interval_s: float = 1.0):
         sync()
 
 
-def _model_config(cfg: RunConfig):
-    from transformers import AutoConfig
-
-    from pipeline.models import ensure_model
-    from pipeline.truncated_forward import text_config
-
-    snap = ensure_model(cfg.model.name, source=cfg.model.source)
-    return text_config(AutoConfig.from_pretrained(str(snap) if snap else cfg.model.name))
-
-
 def check_hook(cfg: RunConfig):
     """The module ``cfg.model.hook`` is read from (a ``HookSite``; None for a synthetic model).
 
     Raises HarvestError naming the hook when the model has no such layer or its family's attention
     and MLP modules are unknown; the config already checked the name and that it is at model.layer."""
-    if cfg.model.is_synthetic:
-        return None
-    from pipeline.truncated_forward import hook_site
-
-    try:
-        return hook_site(_model_config(cfg), cfg.model.hook)
-    except ValueError as e:
-        raise HarvestError(f"{cfg.model.name}: {e}") from None
-
-
-def _d_model(cfg: RunConfig) -> int:
-    if cfg.model.is_synthetic:
-        from pipeline.synthetic_models import synthetic_d_model
-
-        return synthetic_d_model(cfg.model.name, cfg.model.synthetic_config or None)
-    return int(_model_config(cfg).hidden_size)
+    return model_source(cfg).hook_site()

@@ -26,11 +26,11 @@ def harvest_worker(cfg_dict: dict, root: str, groups: list[int], torch_threads: 
     import torch
 
     import pipeline  # noqa: F401  (offline Hugging Face environment before transformers loads)
-    from pipeline.harvest_groups import open_group_harvester
+    from pipeline.model_source import model_source
 
     torch.set_num_threads(torch_threads)
     cfg = RunConfig.from_dict(cfg_dict)
-    with open_group_harvester(cfg, Path(root)) as worker:
+    with model_source(cfg).group_harvester(Path(root)) as worker:
         return worker.run(groups, progress=False)
 
 

@@ -197,12 +197,3 @@ class GroupHarvester:
                 raise HarvestError(f"activations of {where} overflow harvest.store_dtype="
                                    f"{self.cfg.harvest.store_dtype} (max |x| {resid_BTD.abs().max().item():.4g}); "
                                    f"use store_dtype bfloat16 or float32")
-
-
-def open_group_harvester(cfg: RunConfig, root: Path, *, tokenizer=None):
-    """The group producer for ``cfg``'s model: a language-model forward, or a synthetic sampler."""
-    if cfg.model.is_synthetic:
-        from pipeline.synthetic_harvest import SyntheticGroupHarvester
-
-        return SyntheticGroupHarvester(cfg, root)
-    return GroupHarvester(cfg, root, tokenizer=tokenizer)

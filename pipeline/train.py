@@ -10,6 +10,7 @@ from pathlib import Path
 from fc_base.progress import mark_on_disk, run_scope, stage_progress
 from fc_base.sae_folder import SAES_DIR, is_complete, sae_name
 from pipeline.config import RunConfig
+from pipeline.model_source import model_source
 from trainers.training.config import TrainJob
 from trainers.training.data import ActivationSource
 from trainers.training.export import ModelInfo
@@ -40,12 +41,7 @@ def planned_saes(cfg: RunConfig, trainer: str | None = None, seed: int | None = 
 
 
 def model_info(cfg: RunConfig) -> ModelInfo:
-    extra = {"context_size": cfg.corpus.context_length, "dataset_path": cfg.corpus.source}
-    if cfg.model.is_synthetic:
-        from pipeline.synthetic_models import config_hash, synthetic_config
-
-        extra = {"dataset_path": "synthetic", "synthetic_config_hash": config_hash(
-            synthetic_config(cfg.model.name, cfg.model.synthetic_config or None))}
+    extra = model_source(cfg).sae_metadata()
     return ModelInfo(model_name=cfg.model.name, model_source=cfg.model.source, layer=cfg.model.layer,
                      hook_name=cfg.model.hook, extra_metadata=extra)
 

@@ -193,8 +193,21 @@ def test_pipeline_never_imports_flows():
 def test_harvest_modules_are_acyclic():
     groups = _imports(ROOT / "pipeline" / "harvest_groups.py")
     dask = _imports(ROOT / "pipeline" / "harvest_dask.py")
-    assert "pipeline.harvest" not in groups and "pipeline.harvest_dask" not in groups
-    assert "pipeline.harvest" not in dask
+    synthetic = _imports(ROOT / "pipeline" / "synthetic_harvest.py")
+    assert not groups & {"pipeline.harvest", "pipeline.harvest_dask", "pipeline.synthetic_harvest",
+                         "pipeline.model_source"}
+    assert "pipeline.harvest" not in dask and "pipeline.model_source" not in synthetic
+
+
+def test_only_the_model_source_asks_which_kind_of_model_a_run_has():
+    """The stages ask ``pipeline.model_source.model_source(cfg)``; only it (and the config that
+    validates the name) reads ``cfg.model.is_synthetic``."""
+    allowed = {"pipeline/config.py", "pipeline/model_source.py"}
+    for folder in ("pipeline", "flows", "eval", "trainers"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            where = path.relative_to(ROOT).as_posix()
+            if where not in allowed:
+                assert "model.is_synthetic" not in path.read_text(), where
 
 
 def test_cache_reader_and_loader_are_acyclic_at_import_time():
