@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from cache_tools.errors import StoreError
+from cache_tools.loader import MixingLoader
 
 if TYPE_CHECKING:
     from cache_tools.reader import ActivationStore
@@ -64,8 +65,6 @@ class StorePrefix:
     def iter_batches(self, batch_size: int, *, seed: int, epoch: int = 0, start_batch: int = 0,
                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                      buffer_rows: int | None = None, n_threads: int = 2) -> Iterator[torch.Tensor]:
-        from cache_tools.loader import MixingLoader
-
         return iter(MixingLoader(self, batch_size, seed=seed, epoch=epoch, start_batch=start_batch,
                                  device=device, dtype=dtype, buffer_rows=buffer_rows, n_threads=n_threads))
 

@@ -14,7 +14,9 @@ import torch
 from cache_tools.errors import ShardDamagedError, StoreError
 from cache_tools.layout import (ACTS, ARRAYS, LAYOUT_ATTR, MANIFEST_NAME, StoreSpec, check_array_layout,
                                 read_group_attrs, shard_path)
+from cache_tools.loader import MixingLoader
 from cache_tools.manifest import Manifest, ShardRecord
+from cache_tools.prefix import StorePrefix
 from cache_tools.shard_format import EMPTY, ShardIndex, read_index
 
 
@@ -224,15 +226,11 @@ class ActivationStore:
                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                      buffer_rows: int | None = None, n_threads: int = 2) -> Iterator[torch.Tensor]:
         """One epoch of (batch_size, d_model) tensors; see :class:`cache_tools.loader.MixingLoader`."""
-        from cache_tools.loader import MixingLoader
-
         return iter(MixingLoader(self, batch_size, seed=seed, epoch=epoch, start_batch=start_batch,
                                  device=device, dtype=dtype, buffer_rows=buffer_rows, n_threads=n_threads))
 
     def head(self, n_rows: int):
         """Rows [0, n_rows) as a store of their own (:class:`cache_tools.prefix.StorePrefix`)."""
-        from cache_tools.prefix import StorePrefix
-
         return StorePrefix(self, n_rows)
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 from fc_base.errors import ConfigError
 from fc_base.errors import check as _check
 from fc_base.options import resolve_sections, upgrade_legacy
+from eval.spec import build_options, eval_names, option_sections
 from fc_base.torch_utils import DTYPES
 
 EvalConfigError = ConfigError  # the name older code and tests catch
@@ -43,8 +44,6 @@ class EvalConfig:
     fields take their defaults (``fc-sae config show`` prints them all)."""
 
     def __post_init__(self) -> None:
-        from eval.spec import eval_names, option_sections
-
         known = eval_names()
         _check(isinstance(self.evals, list), "eval.evals must be a list of eval names")
         bad = [e for e in self.evals if e not in known]
@@ -58,8 +57,6 @@ class EvalConfig:
 
     def option(self, cls: type) -> Any:
         """The option group ``cls`` (an eval's options dataclass) of this config."""
-        from eval.spec import build_options
-
         return build_options(cls.section, self.options.get(cls.section, {}))
 
     @classmethod

@@ -4,7 +4,7 @@ An eval file registers an :class:`EvalSpec`: its name, its own options dataclass
 ``eval.options``), and ``run(inputs, options) -> EvalOutput``. ``pipeline.evaluate`` loads the model
 (once per process) and the SAE, prepares any dataset the spec ``needs``, and passes them in, so
 eval modules import nothing from ``pipeline`` or ``flows``. Heavy imports (sae-bench) stay inside
-``run`` so listing or validating evals stays fast. A new eval is one file plus one import line in
+``run`` so listing or validating evals stays fast. A new eval is one folder (``eval/<name>/main.py``) plus one import line in
 :mod:`eval.registry`.
 """
 from __future__ import annotations
