@@ -231,6 +231,18 @@ def headline_lines(table, width: int = 100) -> list[str]:
     return out
 
 
+def verdict_lines(results_path: Path, table) -> list[str]:
+    """What the differences mean, one plain line per arm (the report's verdict, without markup)."""
+    from pipeline.analysis.results_md import run_verdicts
+
+    study, sentences = run_verdicts(results_path, table, BASELINE)
+    if not sentences or not table["trainer"].eq(BASELINE).any():
+        return []
+    plain = [s.removeprefix("- ").replace("**", "").replace("`", "") for s in sentences]
+    return [f"what the differences mean ({study.primary}, each arm against {BASELINE} at the same L0):",
+            *(f"  {line}" for line in plain)]
+
+
 def summary_text(run_dir: Path, since: float | None = None, width: int = 100) -> str:
     """The closing summary of ``run_dir``: wall time per stage, headline metrics, failed tasks, paths."""
     from eval.results import RESULTS_FILE, load, problems
@@ -245,6 +257,7 @@ def summary_text(run_dir: Path, since: float | None = None, width: int = 100) ->
         lines.append("headline metrics (mean ± std over seeds; eval ± the eval's own noise per SAE; "
                      "↑ higher is better, ↓ lower is better):")
         lines += headline_lines(table, width)
+        lines += verdict_lines(run_dir / RESULTS_FILE, table)
         bad = problems(table)
         if len(bad):
             lines.append(f"{len(bad)} eval task{'s' if len(bad) != 1 else ''} failed or were skipped: "

@@ -145,3 +145,36 @@ def test_bootstrap_leaves_out_letters_no_seed_pair_scored():
     assert (a["ci_kind"] == "").sum() == 2  # the baseline rows
     pd.testing.assert_frame_equal(a[["ci_low", "ci_high"]], b[["ci_low", "ci_high"]])
     assert a.loc[("fc2sup_topk", 16), "ci_high"] < 0
+
+
+def test_one_seed_verdicts_set_the_difference_against_the_eval_noise_and_say_the_seed_spread_is_unmeasured():
+    from pipeline.analysis.results_md import Study, verdicts
+
+    table = _absorption_table(0.10, ks=(32,))
+    table = table[table["seed"] == 0].copy()
+    twin = table[table["trainer"] == "topk"].copy()
+    twin["trainer"] = "matryoshka"  # an architecture equal to the baseline, one seed
+    table = pd.concat([table, twin], ignore_index=True)
+    study = Study("t", table, "x", "c", "absorption", "mean_absorption_fraction_score",
+                  "explained_variance_legacy", "absorption")
+    lines = verdicts(study)
+    arm = next(line for line in lines if line.startswith("- `fc2sup_topk`"))
+    # Δ -0.10 against a combined eval noise of hypot(0.02, 0.02) = 0.028: beyond twice the noise.
+    assert "one seed" in arm and "beyond twice the eval's own noise (± 0.028)" in arm
+    other = next(line for line in lines if line.startswith("- `matryoshka`"))
+    assert "within twice the eval's own noise" in other and "one seed" in other
+
+
+def test_the_closing_summary_says_what_the_differences_mean(tmp_path):
+    from pipeline.progress import summary_text
+
+    table = _absorption_table(0.10, ks=(32,))
+    for column, value in (("run", "r"), ("sae", "x"), ("model", "m"), ("layer", 5), ("hook", "h"), ("d_sae", 64),
+                          ("l0_target", 32), ("train_tokens", 1), ("error", ""), ("eval_config", "{}"),
+                          ("created_at", "")):
+        table[column] = value
+    table["sae"] = table["trainer"] + "_s" + table["seed"].astype(str)
+    table.to_parquet(tmp_path / "results.parquet")
+    text = summary_text(tmp_path)
+    assert "what the differences mean (mean_absorption_fraction_score, each arm against topk at the same L0):" in text
+    assert "fc2sup_topk at k=32 lowers absorption beyond both the baseline's and its control's noise" in text

@@ -159,13 +159,12 @@ def _inline_markdown(text: str) -> str:
 
 def verdict_html(results_path: Path, table: pd.DataFrame, baseline: str) -> str:
     """The verdict of RESULTS.md for this table: one sentence per arm and L0 point, from the intervals."""
-    from pipeline.analysis.results_md import load_study, verdicts
+    from pipeline.analysis.results_md import run_verdicts
 
-    kind = "synthetic" if ((table["eval"] == "synthetic") & (table["status"] == "ok")).any() else "language"
-    study = load_study(kind, str(results_path))
-    if not ((study.table["eval"] == study.eval) & (study.table["status"] == "ok")).any():
+    study, sentences = run_verdicts(results_path, table, baseline)
+    if not sentences:
         return f"<p>No {html.escape(study.eval)} results: no verdict.</p>"
-    lines = "".join(f"<li>{_inline_markdown(line)}</li>" for line in verdicts(study, baseline))
+    lines = "".join(f"<li>{_inline_markdown(line)}</li>" for line in sentences)
     return (f'<p class="legend">{html.escape(study.primary)} (lower is better) of each trainer against '
             f"{html.escape(baseline)} at the same L0 point, paired by seed; Δ with its 95% interval; inside the "
             f'noise where the interval holds 0.</p><ul class="verdict">{lines}</ul>')

@@ -51,6 +51,8 @@ def controls_in(table: pd.DataFrame) -> dict[str, str]:
 
 
 def _row(cmp: pd.DataFrame, trainer: str, k: int, metric: str) -> pd.Series | None:
+    if cmp.empty:  # e.g. a run without the reconstruction eval
+        return None
     hit = cmp[(cmp["trainer"] == trainer) & (cmp["k"] == k) & (cmp["metric"] == metric)]
     return None if hit.empty else hit.iloc[0]
 
@@ -82,6 +84,19 @@ def _caveats(other: pd.DataFrame, trainer: str, k: int, study: Study, baseline: 
     return "; ".join(parts)
 
 
+def _one_seed(r: pd.Series, ref: pd.Series | None, name: str) -> str:
+    """A one-pair difference set against the eval's own noise of the two SAEs (there is no spread
+    over seeds to build an interval from)."""
+    noise = math.hypot(r["eval_std"], ref["eval_std"]) if ref is not None else math.nan
+    if math.isnan(noise):
+        return f"Δ {r['diff']:+.3f} vs `{name}` (no eval noise to compare with)"
+    side = "beyond" if abs(r["diff"]) > 2 * noise else "within"
+    return f"Δ {r['diff']:+.3f} vs `{name}`, {side} twice the eval's own noise (± {noise:.3f})"
+
+
+ONE_SEED_NOTE = "one seed: the spread over seeds is not measured (train.seeds=[0,1,2] tests it)"
+
+
 OTHER_BASELINES = ("matryoshka", "batchtopk", "relu_l1")
 """Architectures without FC surgery that the verdict also sets against the baseline, at each L0."""
 
@@ -100,6 +115,15 @@ def verdicts(study: Study, baseline: str = "topk") -> list[str]:
         for k in sorted(vs_base.loc[vs_base["trainer"] == arm, "k"].unique()):
             a, c = _row(vs_base, arm, k, study.primary), _row(vs_ctl, arm, k, study.primary)
             if a is None:
+                continue
+            if a["n_pairs"] == 1:
+                kk = "" if k < 0 else f" at k={k}"
+                parts = [_one_seed(a, _row(vs_base, baseline, k, study.primary), baseline)]
+                if c is not None and c["n_pairs"] == 1:
+                    parts.append(_one_seed(c, _row(vs_ctl, control, k, study.primary), control))
+                caveat = _caveats(other, arm, k, study, baseline)
+                lines.append(f"- `{arm}`{kk}, {ONE_SEED_NOTE}: {study.primary} {'; '.join(parts)}"
+                             f"{'; ' + caveat if caveat else ''}.")
                 continue
             if a["n_pairs"] == 0:
                 word = (f"has no L0-matched `{baseline}` to compare with; against its control it "
@@ -123,9 +147,14 @@ def verdicts(study: Study, baseline: str = "topk") -> list[str]:
             m = _row(vs_base, other_arch, k, study.primary)
             if m is None or not m["n_pairs"]:
                 continue
-            word = {-1: "lower", 1: "higher", 0: "not different beyond the noise"}[_side(m)]
             kk = "" if k < 0 else f" at k={k}"
             caveat = _caveats(other, other_arch, k, study, baseline)
+            if m["n_pairs"] == 1:
+                lines.append(f"- `{other_arch}`{kk}, {ONE_SEED_NOTE}: {study.primary} "
+                             f"{_one_seed(m, _row(vs_base, baseline, k, study.primary), baseline)}"
+                             f"{'; ' + caveat if caveat else ''}.")
+                continue
+            word = {-1: "lower", 1: "higher", 0: "not different beyond the noise"}[_side(m)]
             lines.append(f"- `{other_arch}`{kk}: absorption {word} than `{baseline}` ({study.primary} Δ "
                          f"{_interval(m)}){'; ' + caveat if caveat else ''}.")
     return lines or ["No FC arm with its control in this table."]
@@ -260,3 +289,13 @@ def load_study(kind: str, path: str) -> Study:
     return Study(f"Language model: {model}, width {widths} (run {run})", table, path,
                  RUN_COMMANDS.get(run, f"make run PRESET={run}"), "absorption", "mean_absorption_fraction_score",
                  "explained_variance_legacy", "core", plot=f"docs/results/frontier_{run}.png" if several_k else None)
+
+
+def run_verdicts(results_path: Path, table: pd.DataFrame, baseline: str = "topk") -> tuple[Study, list[str]]:
+    """The study of one run's table (ground truth or language model, read from its evals) and its
+    verdict sentences; no sentences when the study's eval has no rows."""
+    kind = "synthetic" if ((table["eval"] == "synthetic") & (table["status"] == "ok")).any() else "language"
+    study = load_study(kind, str(results_path))
+    if not ((study.table["eval"] == study.eval) & (study.table["status"] == "ok")).any():
+        return study, []
+    return study, verdicts(study, baseline)
