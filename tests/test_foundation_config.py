@@ -26,7 +26,7 @@ def test_every_preset_file_is_listed_and_every_listed_preset_has_a_file():
 def test_a_preset_extends_its_parent_field_by_field():
     experiment, gpu = get_preset("experiment"), get_preset("experiment-gpu")
     assert gpu.train.d_sae == 16384 and gpu.train.precision == "float32" and [p.k for p in gpu.train.sweep] == [32]
-    assert gpu.harvest == experiment.harvest and gpu.model == get_preset("demo").model
+    assert gpu.harvest == experiment.harvest and gpu.model == experiment.model and gpu.model.dtype == "bfloat16"
     extra = get_preset("experiment-extra")
     assert {p.label: p.options["relu_l1"]["l1_coeff"] for p in extra.train.sweep} == {"k32": 0.889, "k16": 1.15,
                                                                                      "k64": 0.678}
