@@ -78,7 +78,7 @@ def prepare_harvest(cfg: RunConfig, run_dir: str | Path) -> PreparedHarvest:
     """Create or reopen ``run_dir/cache``, clear leftovers of an interrupted run, list what is left."""
     source = model_source(cfg)
     root = Path(run_dir) / CACHE_DIR
-    site = check_hook(cfg)
+    site = source.hook_site()  # the source reads the model's config once for this and its width
     tokenizer, plan = source.plan()
     spec = StoreSpec(n_rows=plan.n_rows, d_model=source.d_model(), shard_rows=cfg.harvest.shard_rows,
                      chunk_rows=cfg.harvest.chunk_rows, acts_dtype=cfg.harvest.store_dtype)

@@ -7,6 +7,7 @@ metadata an SAE folder records) and evaluation (the settings that identify a res
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -76,7 +77,9 @@ class LanguageModelSource:
         # the layer output under the hook's name; this marker keeps such a store from matching.
         return {"hook_read_from": "submodule output"}
 
+    @functools.cached_property
     def _model_config(self):
+        """The model's text config (read once per source: the hook site and the width both need it)."""
         from transformers import AutoConfig
 
         from pipeline.models import ensure_model
@@ -89,12 +92,12 @@ class LanguageModelSource:
         from pipeline.truncated_forward import hook_site
 
         try:
-            return hook_site(self._model_config(), self.cfg.model.hook)
+            return hook_site(self._model_config, self.cfg.model.hook)
         except ValueError as e:
             raise HarvestError(f"{self.cfg.model.name}: {e}") from None
 
     def d_model(self) -> int:
-        return int(self._model_config().hidden_size)
+        return int(self._model_config.hidden_size)
 
     def plan(self) -> tuple[Any, HarvestPlan]:
         from pipeline.models import load_tokenizer

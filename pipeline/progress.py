@@ -235,8 +235,10 @@ def verdict_lines(results_path: Path, table) -> list[str]:
     """What the differences mean, one plain line per arm (the report's verdict, without markup)."""
     from pipeline.analysis.results_md import run_verdicts
 
+    if not table["trainer"].eq(BASELINE).any():
+        return []
     study, sentences = run_verdicts(results_path, table, BASELINE)
-    if not sentences or not table["trainer"].eq(BASELINE).any():
+    if not sentences:
         return []
     plain = [s.removeprefix("- ").replace("**", "").replace("`", "") for s in sentences]
     return [f"what the differences mean ({study.primary}, each arm against {BASELINE} at the same L0):",

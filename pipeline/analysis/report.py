@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.analysis import plots
-from pipeline.analysis.headline import LEGEND, headline_html
 from eval.results import RESULTS_FILE, load, problems, summary_metrics
 from fc_base.io import write_text_atomic
 from fc_base.sae_folder import list_sae_folders
+from pipeline.analysis import plots
+from pipeline.analysis.headline import LEGEND, headline_html
+from pipeline.analysis.results_md import run_verdicts
 from pipeline.config import RunConfig
 
 FRONTIER = ("frontier.png", "L0 frontier",
@@ -159,8 +160,6 @@ def _inline_markdown(text: str) -> str:
 
 def verdict_html(results_path: Path, table: pd.DataFrame, baseline: str) -> str:
     """The verdict of RESULTS.md for this table: one sentence per arm and L0 point, from the intervals."""
-    from pipeline.analysis.results_md import run_verdicts
-
     study, sentences = run_verdicts(results_path, table, baseline)
     if not sentences:
         return f"<p>No {html.escape(study.eval)} results: no verdict.</p>"

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from eval.results import with_l0_point
+from fc_base.io import write_text_atomic
 from pipeline.analysis.compare import EVAL_STD_SUFFIX, paired_comparison
 from pipeline.analysis.headline import LEGEND, headline_markdown
 from pipeline.analysis.headline import fmt_number as _fmt
 from pipeline.analysis.headline import interval_text as _interval
-from eval.results import with_l0_point
-from fc_base.io import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -116,12 +116,12 @@ def verdicts(study: Study, baseline: str = "topk") -> list[str]:
             a, c = _row(vs_base, arm, k, study.primary), _row(vs_ctl, arm, k, study.primary)
             if a is None:
                 continue
+            kk = "" if k < 0 else f" at k={k}"
+            caveat = _caveats(other, arm, k, study, baseline)
             if a["n_pairs"] == 1:
-                kk = "" if k < 0 else f" at k={k}"
                 parts = [_one_seed(a, _row(vs_base, baseline, k, study.primary), baseline)]
                 if c is not None and c["n_pairs"] == 1:
                     parts.append(_one_seed(c, _row(vs_ctl, control, k, study.primary), control))
-                caveat = _caveats(other, arm, k, study, baseline)
                 lines.append(f"- `{arm}`{kk}, {ONE_SEED_NOTE}: {study.primary} {'; '.join(parts)}"
                              f"{'; ' + caveat if caveat else ''}.")
                 continue
@@ -137,10 +137,8 @@ def verdicts(study: Study, baseline: str = "topk") -> list[str]:
                 word = "raises absorption"
             else:
                 word = "does not change absorption beyond the noise"
-            kk = "" if k < 0 else f" at k={k}"
             ctl = f"vs `{control}` Δ {_interval(c)}" if c is not None else ""
             base = f"vs `{baseline}` Δ {_interval(a)}, " if a["n_pairs"] else ""
-            caveat = _caveats(other, arm, k, study, baseline)
             lines.append(f"- `{arm}`{kk} {word} ({study.primary} {base}{ctl}){'; ' + caveat if caveat else ''}.")
     for other_arch in OTHER_BASELINES:
         for k in sorted(vs_base.loc[vs_base["trainer"] == other_arch, "k"].unique()):
@@ -270,8 +268,12 @@ RUN_COMMANDS = {
 
 
 def load_study(kind: str, path: str) -> Study:
-    """A study of a table: ``synthetic`` (ground truth) or ``language`` (sae-bench on an LLM)."""
-    table = pd.read_parquet(path)
+    """A study of a table file: ``synthetic`` (ground truth) or ``language`` (sae-bench on an LLM)."""
+    return study_of(kind, pd.read_parquet(path), path)
+
+
+def study_of(kind: str, table: pd.DataFrame, path: str) -> Study:
+    """A study of a table already in memory (``path``: where it is stored, for the commands)."""
     if kind == "synthetic":
         # Tables evaluated before the absorbed-or-lost share hold the earlier carried share (which an SAE
         # that loses its parents can win; docs/SYNTHETIC.md) under its own name: say which one is shown.
@@ -295,7 +297,7 @@ def run_verdicts(results_path: Path, table: pd.DataFrame, baseline: str = "topk"
     """The study of one run's table (ground truth or language model, read from its evals) and its
     verdict sentences; no sentences when the study's eval has no rows."""
     kind = "synthetic" if ((table["eval"] == "synthetic") & (table["status"] == "ok")).any() else "language"
-    study = load_study(kind, str(results_path))
+    study = study_of(kind, table, str(results_path))
     if not ((study.table["eval"] == study.eval) & (study.table["status"] == "ok")).any():
         return study, []
     return study, verdicts(study, baseline)
